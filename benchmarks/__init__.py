@@ -1,0 +1,1 @@
+"""Benchmark plugins: one module per benchmark family, found by scanning this folder."""

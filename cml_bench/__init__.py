@@ -1,0 +1,1 @@
+"""cml_bench: a continual multi-label learning benchmark."""

@@ -1,0 +1,223 @@
+"""Run configuration: typed dataclasses loaded from YAML, with one documented precedence.
+
+Precedence (later wins): dataclass defaults < the benchmark's defaults < a YAML file (``--config``)
+< command-line flags. Unknown keys are an error that names the key. Each component receives only its
+own section (``ModelConfig``, ``TrainConfig``, ...), never the whole run config.
+
+Strategy and benchmark *options* are free-form mappings here; each plugin validates them against
+its own options dataclass with :func:`build_dataclass`, so an unknown option is reported with the
+plugin's valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and what is expected."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and head.
+
+    Attributes:
+        backbone: any timm model name usable with ``features_only=True`` (e.g. ``resnet101``).
+        pretrained: load ImageNet weights through timm (needs network or a local cache/file).
+        weights_path: a local weights file for ``pretrained`` on machines without network.
+        feature_level: index into the backbone's feature levels (timm ``feature_info``); -1 = last.
+        stem_pool: keep the stem max-pool; False halves the stride of every later level, which keeps
+            a spatial map at small input sizes (a 64 px input gives 8x8 at level 3 of a ResNet).
+        head: ``pooled`` (global average pooling + linear), ``cos`` (pooling + normalised
+            classifier with scale ``gamma``) or ``ssca`` (DLFL's semantic spatial cross-attention).
+            Usually set by the strategy suffix (``prs+ssca``), not here.
+        gamma: logit scale of the normalised classifiers (``cos`` and ``ssca``).
+        ssca_modules: number S of cascaded SSCA modules.
+        ssca_dim: embedding dimension of the SSCA projections; None = the backbone's channels.
+    """
+
+    backbone: str = "resnet101"
+    pretrained: bool = False
+    weights_path: str | None = None
+    feature_level: int = -1
+    stem_pool: bool = True
+    head: str = "pooled"
+    gamma: float = 30.0
+    ssca_modules: int = 1
+    ssca_dim: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. The defaults are the online protocol of PROTOCOL.md (one pass, batches of 10).
+
+    Attributes:
+        optimizer: ``adam`` or ``sgd``.
+        lr, weight_decay, momentum: optimiser settings (momentum only for SGD).
+        batch_size: incoming samples per step (replay adds its own on top).
+        epochs: passes over each task (1 in the online protocol).
+        grad_clip_value: clip every gradient element to [-v, v]; None disables.
+        num_workers: DataLoader workers (0 = main process; data is in memory or memory-mapped).
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    batch_size: int = 10
+    epochs: int = 1
+    grad_clip_value: float | None = 5.0
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: batch size and the score threshold of the precision/recall metrics."""
+
+    batch_size: int = 100
+    threshold: float = 0.5
+
+
+@dataclass
+class ComponentConfig:
+    """A named plugin with its own options, validated by the plugin itself."""
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written next to its results as ``config.yaml``."""
+
+    benchmark: ComponentConfig = field(default_factory=lambda: ComponentConfig("synth-cocoseq"))
+    strategy: ComponentConfig = field(default_factory=lambda: ComponentConfig("finetune"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation: Any, path: str) -> Any:
+    """Validate (and gently coerce int -> float) one value against a type annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}.")
+        return dict(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}.")
+        return list(value)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}.")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}.")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}.")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}.")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return build_dataclass(annotation, value, path)
+    return value
+
+
+def build_dataclass(cls: type[T], values: Mapping[str, Any] | None, path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    >>> build_dataclass(EvalConfig, {"batch_size": 8}).batch_size
+    8
+    """
+    values = {} if values is None else values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"Unknown config key '{where}{unknown[0]}'. Valid keys here: {', '.join(sorted(fields))}."
+        )
+    kwargs = {}
+    for name, value in values.items():
+        sub = f"{path}.{name}" if path else name
+        kwargs[name] = _check_type(value, hints[name], sub)
+    return cls(**kwargs)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins. Mappings merge, everything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with one-line errors for the usual mistakes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"Config file '{path}' is not valid YAML{where}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
+    return dict(data)
+
+
+def resolve(*layers: Mapping[str, Any]) -> RunConfig:
+    """Merge config layers (lowest precedence first) and validate them into a :class:`RunConfig`."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = merge(merged, layer)
+    return build_dataclass(RunConfig, merged)
+
+
+def dump_yaml(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,109 @@
+"""Evaluation during a continual run: after every task, every seen task's test set.
+
+After training through task i the evaluator scores each seen task j <= i on its own test set with
+its own classes (``eval_on = "task<j>"``; these fill the task x task matrix used for forgetting),
+and the union of the seen test sets on all seen classes (``eval_on = "seen"``; after the last task
+this is PRS's 'tally' evaluation on every test set). Each is reported for all classes and for each
+class group (majority / moderate / minority) restricted to the classes evaluated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cml_bench import metrics
+from cml_bench.config import EvalConfig
+from cml_bench.stream import MultiLabelBenchmark
+
+MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
+            desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores ``[N, M]`` and 0/1 targets ``[N, M]`` of a dataset of ``(x, y, ...)`` items."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=getattr(dataset, "collate_fn", None))
+    scores, targets = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+        scores.append(torch.sigmoid(model(batch[0].to(device))).float().cpu())
+        targets.append(batch[1])
+    model.train(was_training)
+    return torch.cat(scores).numpy(), (torch.cat(targets) > 0.5).numpy().astype(np.uint8)
+
+
+@dataclass
+class Evaluator:
+    """Collects long-format metric rows over a run; see the module docstring for what is evaluated."""
+
+    benchmark: MultiLabelBenchmark
+    cfg: EvalConfig
+    device: torch.device | str
+    labels: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    matrix: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def _groups(self, classes: Iterable[int]) -> dict[str, list[int]]:
+        wanted = set(classes)
+        groups = {"all": sorted(wanted)}
+        for name, cols in self.benchmark.meta.groups.items():
+            kept = [c for c in cols if c in wanted]
+            if kept:
+                groups[name] = kept
+        return groups
+
+    def _add(self, trained_through: int, eval_on: str, group: str, values: dict[str, float]) -> None:
+        for metric, value in values.items():
+            self.rows.append({**self.labels, "trained_through_task": trained_through,
+                              "eval_on": eval_on, "group": group, "metric": metric,
+                              "value": float(value)})
+
+    def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int]) -> dict[str, dict]:
+        return {group: metrics.multilabel_metrics(scores, targets, cols, threshold=self.cfg.threshold)
+                for group, cols in self._groups(classes).items()}
+
+    def after_task(self, model: torch.nn.Module, trained_through: int) -> dict[str, dict[str, float]]:
+        """Evaluate after training through task ``trained_through``; returns the 'seen' results."""
+        meta = self.benchmark.meta
+        seen_scores, seen_targets, seen_classes = [], [], []
+        for j in range(trained_through + 1):
+            exp = self.benchmark.test_stream[j]
+            scores, targets = predict(model, exp.dataset, self.cfg.batch_size, self.device,
+                                      desc=f"eval task {j}")
+            for group, values in self._score(scores, targets, meta.task_classes[j]).items():
+                self._add(trained_through, f"task{j}", group, values)
+                if group == "all":
+                    for metric, value in values.items():
+                        self._matrix(metric)[trained_through, j] = value
+            seen_scores.append(scores)
+            seen_targets.append(targets)
+            seen_classes.extend(meta.task_classes[j])
+        seen = self._score(np.concatenate(seen_scores), np.concatenate(seen_targets), seen_classes)
+        for group, values in seen.items():
+            self._add(trained_through, "seen", group, values)
+        return seen
+
+    def _matrix(self, metric: str) -> np.ndarray:
+        t = self.benchmark.meta.num_tasks
+        return self.matrix.setdefault(metric, np.full((t, t), np.nan))
+
+    def finish(self) -> None:
+        """Add forgetting rows (per task and mean) for every metric, from the task x task matrix."""
+        last = self.benchmark.meta.num_tasks - 1
+        for metric, matrix in self.matrix.items():
+            if np.isnan(matrix[:-1]).all():  # joint training has a single evaluation point
+                continue
+            forgetting = metrics.forgetting(matrix)
+            for j, value in enumerate(forgetting[:-1]):
+                self.rows.append({**self.labels, "trained_through_task": last, "eval_on": f"task{j}",
+                                  "group": "all", "metric": f"forgetting_{metric}", "value": float(value)})
+            self.rows.append({**self.labels, "trained_through_task": last, "eval_on": "seen",
+                              "group": "all", "metric": f"forgetting_{metric}",
+                              "value": float(np.nanmean(forgetting[:-1]))})

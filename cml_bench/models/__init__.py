@@ -1,0 +1,53 @@
+"""Models: a timm feature-map backbone plus one of three heads (pooled, cos, ssca)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cml_bench.config import ModelConfig
+from cml_bench.models.backbone import FeatureBackbone, PretrainedWeightsError
+from cml_bench.models.heads import CosineHead, NormalizedClassifier, PooledHead
+from cml_bench.models.ssca import SSCAHead
+
+__all__ = ["MultiLabelNet", "build_model", "FeatureBackbone", "PretrainedWeightsError",
+           "PooledHead", "CosineHead", "SSCAHead", "NormalizedClassifier", "count_parameters"]
+
+
+class MultiLabelNet(nn.Module):
+    """Backbone + head. ``forward`` gives final logits ``[N, M]``; ``forward_modules`` ``[S, N, M]``."""
+
+    def __init__(self, backbone: FeatureBackbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward_modules(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_modules(x).mean(0)
+
+    def label_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features the classifier sees (``[N, C]`` shared, or ``[N, M, C]`` per label) and weights ``[M, C]``."""
+        return self.head.label_features(self.backbone(x))
+
+
+def build_head(cfg: ModelConfig, channels: int, num_labels: int) -> nn.Module:
+    if cfg.head == "pooled":
+        return PooledHead(channels, num_labels)
+    if cfg.head == "cos":
+        return CosineHead(channels, num_labels, cfg.gamma)
+    if cfg.head == "ssca":
+        return SSCAHead(channels, num_labels, cfg.ssca_modules, cfg.gamma, cfg.ssca_dim)
+    raise ValueError(f"Unknown model.head '{cfg.head}'. Available: cos, pooled, ssca.")
+
+
+def build_model(cfg: ModelConfig, num_labels: int) -> MultiLabelNet:
+    """Build backbone and head from the model section of the config."""
+    backbone = FeatureBackbone(cfg.backbone, cfg.pretrained, cfg.feature_level, cfg.stem_pool,
+                               cfg.weights_path)
+    return MultiLabelNet(backbone, build_head(cfg, backbone.channels, num_labels))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

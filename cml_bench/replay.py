@@ -1,0 +1,96 @@
+"""Online replay (PRS protocol) as an Avalanche plugin.
+
+Each incoming mini-batch is joined with ``min(|buffer|, replay_batch_size)`` samples drawn uniformly
+from the buffer; one optimiser step runs on the union; then the incoming samples are offered to the
+buffer one by one. Replay starts within the first task. Avalanche's ``ReplayPlugin`` updates its
+buffer only at task boundaries, which is not this protocol.
+
+The buffer (``cml_bench.buffers``) decides which slot a sample goes to; this plugin keeps the
+payload: uint8 images and multi-hot targets in preallocated tensors on the training device.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from cml_bench.buffers import ReplayBuffer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from avalanche.training.plugins import SupervisedPlugin
+
+
+class ReplayMemory:
+    """Slot-addressed storage of images and targets, allocated on the first write."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.images: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+
+    def write(self, slots: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> None:
+        if self.images is None:
+            self.images = images.new_empty((self.capacity, *images.shape[1:]))
+            self.targets = targets.new_zeros((self.capacity, *targets.shape[1:]))
+        self.images[slots] = images
+        self.targets[slots] = targets
+
+    def read(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.images is not None and self.targets is not None
+        return self.images[slots], self.targets[slots]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "targets": self.targets}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.images, self.targets = state["images"], state["targets"]
+
+
+class OnlineReplayPlugin(SupervisedPlugin):
+    """Replay from a pure buffer, updated after every optimiser step (not at task boundaries)."""
+
+    def __init__(self, buffer: ReplayBuffer, replay_batch_size: int = 10):
+        super().__init__()
+        self.buffer = buffer
+        self.replay_batch_size = replay_batch_size
+        self.memory = ReplayMemory(buffer.capacity)
+        self._incoming: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def before_training_iteration(self, strategy, **kwargs):
+        x, y = strategy.mbatch[0], strategy.mbatch[1]
+        self._incoming = (x, y)
+        k = min(len(self.buffer), self.replay_batch_size)
+        if k == 0:
+            return
+        slots = torch.as_tensor(self.buffer.sample(k), device=x.device)
+        x_old, y_old = self.memory.read(slots)
+        t = strategy.mbatch[-1]
+        strategy.mbatch[0] = torch.cat([x, x_old])
+        strategy.mbatch[1] = torch.cat([y, y_old])
+        strategy.mbatch[-1] = torch.cat([t, t.new_zeros(k)])
+
+    def after_training_iteration(self, strategy, **kwargs):
+        x, y = self._incoming
+        labels = (y > 0.5).cpu().numpy()
+        rows, slots = [], []
+        for row, slot in enumerate(self.buffer.offer_batch(labels)):
+            if slot is not None:
+                rows.append(row)
+                slots.append(slot)
+        if rows:
+            # A later sample of the same batch may take the slot an earlier one just got: keep the last.
+            order = {s: r for r, s in zip(rows, slots)}
+            slot_t = torch.as_tensor(list(order), device=x.device)
+            row_t = torch.as_tensor(list(order.values()), device=x.device)
+            self.memory.write(slot_t, x[row_t], y[row_t])
+        self._incoming = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict(), "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.memory.load_state_dict(state["memory"])

@@ -1,0 +1,119 @@
+"""Run folders: resolved config, manifest, long-format metrics CSV, summary.
+
+A run is written into ``<out>/<benchmark>/<strategy>/seed<k>-<timestamp>/``. It is assembled in a
+hidden ``.partial-*`` sibling and renamed into place only when complete, so a killed run never
+leaves a folder that looks finished, and an earlier run is never overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+
+from cml_bench.config import RunConfig, dump_yaml
+
+CSV_COLUMNS = ["benchmark", "strategy", "seed", "trained_through_task", "eval_on", "group", "metric", "value"]
+GROUP_ORDER = ["majority", "moderate", "minority", "all"]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def manifest(config: RunConfig, wall_time_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to tell how a result was produced."""
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info = {
+        "seed": config.seed,
+        "wall_time_s": round(wall_time_s, 2),
+        "peak_rss_mib": round(peak_rss_mib, 1),
+        "device": config.device,
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {p: _version(p) for p in ("cml-bench", "torch", "torchvision", "avalanche-lib",
+                                              "timm", "numpy", "pandas")},
+        "torch_threads": torch.get_num_threads(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if torch.cuda.is_available():
+        info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    info.update(extra or {})
+    return info
+
+
+def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Iterable[dict[str, Any]],
+              info: dict[str, Any]) -> Path:
+    """Write a complete run folder atomically and return its final path."""
+    parent = Path(out) / config.benchmark.name / strategy_label
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    staging = Path(parent / f".partial-seed{config.seed}-{stamp}-{os.getpid()}")
+    staging.mkdir()
+    try:
+        dump_yaml(config, staging / "config.yaml")
+        (staging / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+        frame = pd.DataFrame(list(rows), columns=CSV_COLUMNS)
+        frame.to_csv(staging / "metrics.csv", index=False)
+        (staging / "summary.md").write_text(summary_table(frame) + "\n")
+        for n in range(1000):
+            final = parent / (f"seed{config.seed}-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                staging.rename(final)  # fails if the name exists: never overwrite a run
+                return final
+            except OSError:
+                if not final.exists():
+                    raise
+        raise FileExistsError(f"Could not find a free run folder name under {parent}.")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] = ("CF1", "OF1", "mAP")) -> str:
+    """Groups x metrics after the last task on the union of all test sets, as a Markdown table."""
+    if frame.empty:
+        return "(no results)"
+    last = frame["trained_through_task"].max()
+    final = frame[(frame.trained_through_task == last) & (frame.eval_on == "seen")
+                  & frame.metric.isin(metrics)]
+    table = final.pivot_table(index="group", columns="metric", values="value", aggfunc="mean")
+    table = table.reindex([g for g in GROUP_ORDER if g in table.index])[list(metrics)]
+    table.index = ["overall" if g == "all" else g for g in table.index]
+    lines = ["| group | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for group, row in table.iterrows():
+        lines.append(f"| {group} | " + " | ".join(f"{v:.1f}" for v in row.values) + " |")
+    matrix = frame[(frame.metric == "mAP") & (frame.group == "all") & frame.eval_on.str.startswith("task")]
+    if matrix.trained_through_task.nunique() > 1:
+        pivot = matrix.pivot_table(index="trained_through_task", columns="eval_on", values="value")
+        lines += ["", "mAP on each task's test set after training through task i (rows):", "",
+                  "| after task | " + " | ".join(pivot.columns) + " |", "|---|" + "---:|" * len(pivot.columns)]
+        for i, row in pivot.iterrows():
+            lines.append(f"| {i} | " + " | ".join("" if pd.isna(v) else f"{v:.1f}" for v in row.values) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""One run: a strategy (with its head) on a benchmark for one seed, from config to run folder."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cml_bench.config import ConfigError, RunConfig, build_dataclass, resolve
+from cml_bench.evaluator import Evaluator
+from cml_bench.models import build_model
+from cml_bench.registry import BENCHMARKS, STRATEGIES, split_head
+from cml_bench.results import manifest, summary_table, write_run
+from cml_bench.strategy import StrategyContext, StrategySpec
+from cml_bench.stream import BenchmarkSpec, MultiLabelBenchmark, joint_experience
+from cml_bench.training import MultiLabelTemplate
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from avalanche.training.plugins import SupervisedPlugin
+
+
+def resolve_config(*layers: Mapping[str, Any]) -> RunConfig:
+    """Resolve a run config: defaults < benchmark defaults < ``layers`` (YAML, then CLI flags).
+
+    The strategy's head suffix sets ``model.head``; benchmark and strategy options are validated
+    against their plugins' option dataclasses and written back fully resolved.
+    """
+    probe = resolve(*layers)
+    bench_spec: BenchmarkSpec = BENCHMARKS.get(probe.benchmark.name)
+    base, head = split_head(probe.strategy.name)
+    strategy_spec: StrategySpec = STRATEGIES.get(base)
+    config = resolve(dict(bench_spec.defaults), *layers)
+    if "+" in config.strategy.name:
+        config.model.head = head
+    bench_options = build_dataclass(bench_spec.options, config.benchmark.options, "benchmark.options")
+    strategy_options = build_dataclass(strategy_spec.options, config.strategy.options, "strategy.options")
+    config.benchmark.options = dataclasses.asdict(bench_options)
+    config.strategy.options = dataclasses.asdict(strategy_options)
+    return config
+
+
+def strategy_label(config: RunConfig) -> str:
+    """``prs+ssca``-style name of what actually runs (the head made explicit when not pooled)."""
+    base, _ = split_head(config.strategy.name)
+    return base if config.model.head == "pooled" else f"{base}+{config.model.head}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device '{name}'. Use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Device '{name}' requested but no CUDA GPU is available; use --device cpu.")
+    return device
+
+
+class ProgressPlugin(SupervisedPlugin):
+    """A tqdm bar per training task, showing the running loss."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.bar = tqdm(total=len(strategy.dataloader), leave=False, disable=None,
+                        desc=f"train task {strategy.experience.current_experience}")
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.bar.update()
+        if self.bar.n % 20 == 0:
+            self.bar.set_postfix(loss=f"{strategy.loss.item():.4f}")
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.bar.close()
+
+
+@dataclass
+class RunResult:
+    path: Path
+    rows: list[dict[str, Any]]
+    summary: str
+    wall_time_s: float
+
+
+def build_benchmark(config: RunConfig) -> MultiLabelBenchmark:
+    spec: BenchmarkSpec = BENCHMARKS.get(config.benchmark.name)
+    return spec.build(build_dataclass(spec.options, config.benchmark.options, "benchmark.options"))
+
+
+def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | None = None,
+        log=print) -> RunResult:
+    """Train ``config.strategy`` on ``config.benchmark`` and write the run folder under ``out``."""
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    label = strategy_label(config)
+    benchmark = benchmark or build_benchmark(config)
+    meta = benchmark.meta
+    base, _ = split_head(config.strategy.name)
+    spec: StrategySpec = STRATEGIES.get(base)
+    options = build_dataclass(spec.options, config.strategy.options, "strategy.options")
+
+    seed_everything(config.seed)
+    model = build_model(config.model, meta.num_classes).to(device)
+    ctx = StrategyContext(meta=meta, train=config.train, seed=config.seed, device=device)
+    plugins = list(spec.build(options, ctx)) + [ProgressPlugin()]
+    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device, plugins=plugins,
+                                  seed=config.seed)
+    evaluator = Evaluator(benchmark, config.eval, device,
+                          labels={"benchmark": meta.name, "strategy": label, "seed": config.seed})
+
+    log(f"{label} on {meta.name}: {meta.num_tasks} tasks, {meta.num_classes} classes, seed {config.seed}, "
+        f"device {device}")
+    if spec.joint:
+        strategy.train(joint_experience(benchmark))
+        evaluator.after_task(model, meta.num_tasks - 1)
+    else:
+        for experience in benchmark.train_stream:
+            task = experience.current_experience
+            strategy.train(experience)
+            seen = evaluator.after_task(model, task)
+            log(f"  after task {task}: mAP on seen tasks {seen['all']['mAP']:.1f}")
+    evaluator.finish()
+    wall = time.perf_counter() - start
+    info = manifest(config, wall, {"strategy_label": label, "train_images": sum(
+        len(e.dataset) for e in benchmark.train_stream)})
+    path = write_run(out, config, label, evaluator.rows, info)
+    import pandas as pd
+
+    summary = summary_table(pd.DataFrame(evaluator.rows))
+    return RunResult(path, evaluator.rows, summary, wall)

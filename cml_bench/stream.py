@@ -1,0 +1,155 @@
+"""Multi-label streams as Avalanche benchmarks, and the benchmark plugin API.
+
+Every benchmark is an Avalanche ``CLScenario`` whose train/test experiences are the tasks. An item is
+``(uint8 image [3, H, W], multi-hot float target [M], task label)``. The multi-hot targets live in an
+attribute named ``multi_hot`` -- never ``targets``: Avalanche's class timeline, class-balanced buffers
+and accuracy metrics read ``targets`` as integer labels and silently go wrong on multi-hot rows.
+Images stay uint8 until the model normalises them, so memory, buffers and stores stay compact.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cml_bench.registry import BENCHMARKS, decorator
+
+
+def _avalanche():
+    # Avalanche warns at import about optional QP solvers it uses only for GEM; keep output clean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from avalanche.benchmarks.scenarios import benchmark_from_datasets
+        from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
+        from avalanche.benchmarks.utils.flat_data import ConstantSequence
+    return benchmark_from_datasets, AvalancheDataset, DataAttribute, ConstantSequence
+
+
+@dataclass(frozen=True)
+class BenchmarkMeta:
+    """What strategies, the evaluator and the writer need to know about a stream.
+
+    Attributes:
+        name: registry name of the benchmark.
+        class_names: the M class names, in target-column order.
+        task_classes: per task (in stream order), the class columns it introduces.
+        groups: named class groups (``majority`` / ``moderate`` / ``minority``), column indices.
+        task_ids: the original task id of each stream position (COCOseq's order is 0, 3, 1, 2).
+        train_class_counts: training images carrying each class over the whole stream.
+        default_buffer_size: replay memory size of the benchmark's protocol.
+        prs_rho: PRS power of allocation of the benchmark's protocol.
+        kind: ``continual`` | ``generic`` | ``attribute`` (which metric family applies).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    task_classes: tuple[tuple[int, ...], ...]
+    groups: Mapping[str, tuple[int, ...]]
+    task_ids: tuple[int, ...]
+    train_class_counts: tuple[int, ...]
+    default_buffer_size: int = 2000
+    prs_rho: float = -0.03
+    kind: str = "continual"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_classes)
+
+
+class MultiLabelTensorDataset(Dataset):
+    """uint8 images ``[N, 3, H, W]`` (array or memory map) with multi-hot ``multi_hot`` ``[N, M]``."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, multi_hot: np.ndarray | torch.Tensor):
+        if len(images) != len(multi_hot):
+            raise ValueError(f"Expected as many images as targets, got {len(images)} and {len(multi_hot)}.")
+        self.images = images
+        self.multi_hot = torch.as_tensor(np.asarray(multi_hot), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.multi_hot)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(np.asarray(self.images[index])), self.multi_hot[index]
+
+
+@dataclass
+class MultiLabelBenchmark:
+    """An Avalanche scenario plus its metadata."""
+
+    scenario: Any
+    meta: BenchmarkMeta
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_stream(self):
+        return self.scenario.train_stream
+
+    @property
+    def test_stream(self):
+        return self.scenario.test_stream
+
+
+def as_avalanche_dataset(dataset: Dataset, task_label: int):
+    """Wrap a dataset returning ``(x, multi_hot)`` so items gain the task label, Avalanche-style."""
+    _, AvalancheDataset, DataAttribute, ConstantSequence = _avalanche()
+    labels = ConstantSequence(int(task_label), len(dataset))
+    return AvalancheDataset(
+        [dataset], data_attributes=[DataAttribute(labels, "targets_task_labels", use_in_getitem=True)]
+    )
+
+
+def make_benchmark(
+    train: Sequence[Dataset], test: Sequence[Dataset], meta: BenchmarkMeta, **extra: Any
+) -> MultiLabelBenchmark:
+    """Build the Avalanche scenario: experience k of each stream is task k (in stream order)."""
+    if not (len(train) == len(test) == meta.num_tasks):
+        raise ValueError(
+            f"Expected {meta.num_tasks} train and test tasks, got {len(train)} and {len(test)}."
+        )
+    benchmark_from_datasets, *_ = _avalanche()
+    scenario = benchmark_from_datasets(
+        train=[as_avalanche_dataset(d, k) for k, d in enumerate(train)],
+        test=[as_avalanche_dataset(d, k) for k, d in enumerate(test)],
+    )
+    return MultiLabelBenchmark(scenario, meta, dict(extra))
+
+
+def joint_experience(benchmark: MultiLabelBenchmark):
+    """One experience holding the union of every training task (the multitask upper bound)."""
+    benchmark_from_datasets, *_ = _avalanche()
+    datasets = [exp.dataset for exp in benchmark.train_stream]
+    union = datasets[0].concat(datasets[1]) if len(datasets) > 1 else datasets[0]
+    for extra in datasets[2:]:
+        union = union.concat(extra)
+    return benchmark_from_datasets(train=[union]).train_stream[0]
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A registered benchmark family member.
+
+    Attributes:
+        name: registry name (``synth-cocoseq``, ``cocoseq``, ...).
+        build: ``build(options, seed) -> MultiLabelBenchmark``.
+        options: dataclass of the benchmark's own options (validated from ``benchmark.options``).
+        description: one line for ``list``.
+        defaults: config layer applied below the user's YAML (e.g. the model that suits it).
+    """
+
+    name: str
+    build: Callable[[Any], MultiLabelBenchmark]
+    options: type
+    description: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+register_benchmark = decorator(BENCHMARKS, BenchmarkSpec)
+"""``@register_benchmark("name", options=Opts, description=..., defaults={...})`` on ``build(options)``."""

@@ -1,0 +1,1 @@
+"""Strategy plugins: one module per strategy, found by scanning this folder."""

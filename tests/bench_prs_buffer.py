@@ -1,0 +1,201 @@
+"""Speed and fidelity benchmark of the vectorised PRS buffer against the plain reference.
+
+Not a test (pytest does not collect it): a script to run by hand on the real label stream.
+
+    python tests/bench_prs_buffer.py --labels ../shared/data/prs_splits/COCOseq/labels_cocoseq.json \
+        [--capacity 2000 --rho -0.03 --seed 0 --reference-seed 1 --skip-reference]
+
+The stream: the training rows of the labels JSON as multi-hot vectors, tasks in the protocol order
+(``--task-order``, COCOseq default 0,3,1,2), each task's rows shuffled with ``--shuffle-seed``
+(default 0, as a training run would; pass -1 to keep file order). It is fed through the production
+``PRSBuffer`` (seed ``--seed``), the reference ``ReferencePRS`` (seed ``--reference-seed``, a
+different one on purpose: the two are compared in distribution) and a ``ReservoirBuffer``.
+
+Reported: microseconds per offer once the buffer is full (only offers after it filled are timed),
+the speed ratio, per-group and per-class shares of label occurrences (buffer and plain stream), and
+PASS/FAIL lines for: production >= 50x faster than the reference; production and reference
+per-group shares within 2 percentage points; minority share in the PRS buffer at least twice its
+stream share. The exit status is 1 if a check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+for path in (HERE, HERE.parent):  # reference_prs beside this file; cml_bench in the repo root
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from reference_prs import ReferencePRS  # noqa: E402
+
+from cml_bench.buffers import PRSBuffer, ReservoirBuffer  # noqa: E402
+
+GROUPS = ("majority", "moderate", "minority")
+SPEEDUP_TARGET = 50.0
+GROUP_TOLERANCE_PP = 2.0
+MINORITY_FACTOR = 2.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--labels", type=Path, required=True, help="labels_<dataset>.json")
+    parser.add_argument("--groups", type=Path, default=None,
+                        help="folder of <dataset>_{majority,moderate,minority}.json "
+                             "(default: <labels>/../../groups)")
+    parser.add_argument("--dataset", default=None,
+                        help="group file prefix (default: the labels file name after 'labels_')")
+    parser.add_argument("--task-order", default="0,3,1,2", help="comma-separated task ids")
+    parser.add_argument("--shuffle-seed", type=int, default=0,
+                        help="shuffle each task's rows with this seed; -1 keeps file order")
+    parser.add_argument("--capacity", type=int, default=2000)
+    parser.add_argument("--rho", type=float, default=-0.03)
+    parser.add_argument("--seed", type=int, default=0, help="seed of PRSBuffer and ReservoirBuffer")
+    parser.add_argument("--reference-seed", type=int, default=1, help="seed of ReferencePRS")
+    parser.add_argument("--skip-reference", action="store_true", help="do not run the slow reference")
+    return parser.parse_args(argv)
+
+
+def load_stream(args: argparse.Namespace) -> tuple[list[str], np.ndarray]:
+    data = json.loads(args.labels.read_text())
+    classes = list(data["classes"])
+    order = [t.strip() for t in args.task_order.split(",") if t.strip()]
+    missing = [t for t in order if t not in data["train"]]
+    if missing:
+        raise SystemExit(f"Task(s) {missing} not in {args.labels} (has {sorted(data['train'])}).")
+    blocks = []
+    for task in order:
+        rows = np.zeros((len(data["train"][task]), len(classes)), dtype=bool)
+        for i, (_, _, labels) in enumerate(data["train"][task]):
+            rows[i, labels] = True
+        if args.shuffle_seed >= 0:
+            rows = rows[np.random.default_rng(args.shuffle_seed).permutation(len(rows))]
+        blocks.append(rows)
+    return classes, np.concatenate(blocks)
+
+
+def load_groups(args: argparse.Namespace, classes: list[str]) -> dict[str, list[int]]:
+    folder = args.groups or args.labels.resolve().parent.parent / "groups"
+    dataset = args.dataset or args.labels.stem.removeprefix("labels_")
+    index = {name: i for i, name in enumerate(classes)}
+    groups = {}
+    for group in GROUPS:
+        path = folder / f"{dataset}_{group}.json"
+        if not path.exists():
+            raise SystemExit(f"Group list {path} not found; pass --groups DIR or --dataset NAME.")
+        names = json.loads(path.read_text())
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise SystemExit(f"{path} names classes not in the labels file: {unknown}")
+        groups[group] = sorted(index[n] for n in names)
+    return groups
+
+
+def run(buffer, stream: np.ndarray, name: str, progress: int = 5000) -> tuple[float, int, int]:
+    """Feed the stream; return (µs per offer once full, offers then, admitted then).
+
+    Offers while the buffer fills are not timed; the rest is timed in chunks of ``progress`` offers,
+    with a progress line on stderr after each chunk (outside the timed part). The µs figure is nan
+    if the buffer never filled.
+    """
+    offer = buffer.offer
+    start = 0
+    while start < len(stream) and len(buffer) < buffer.capacity:
+        offer(stream[start])
+        start += 1
+    elapsed, admitted = 0.0, 0
+    for lo in range(start, len(stream), progress):
+        chunk = stream[lo : lo + progress]
+        t0 = time.perf_counter()
+        for row in chunk:
+            if offer(row) is not None:
+                admitted += 1
+        elapsed += time.perf_counter() - t0
+        print(f"  {name}: {lo + len(chunk)}/{len(stream)} samples", file=sys.stderr)
+    offers = len(stream) - start
+    return (elapsed / offers * 1e6 if offers else float("nan")), offers, admitted
+
+
+def shares(counts: np.ndarray) -> np.ndarray:
+    """Per-class share (%) of label occurrences."""
+    counts = np.asarray(counts, dtype=float)
+    return 100.0 * counts / counts.sum()
+
+
+def check(ok: bool, text: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    classes, stream = load_stream(args)
+    groups = load_groups(args, classes)
+    group_of = {c: g for g, members in groups.items() for c in members}
+    order = "file order" if args.shuffle_seed < 0 else f"shuffled within task, seed {args.shuffle_seed}"
+    print(f"stream: {len(stream)} samples, {len(classes)} classes, tasks {args.task_order} ({order}); "
+          f"{int(stream.sum())} label occurrences, {int((stream.sum(1) == 0).sum())} samples without labels")
+    print(f"buffer: capacity {args.capacity}, rho {args.rho}, seed {args.seed}, "
+          f"reference seed {args.reference_seed}")
+
+    m = len(classes)
+    prs = PRSBuffer(args.capacity, m, seed=args.seed, rho=args.rho)
+    us_prs, offers, adm_prs = run(prs, stream, "PRSBuffer")
+    crs = ReservoirBuffer(args.capacity, m, seed=args.seed)
+    us_crs, _, adm_crs = run(crs, stream, "ReservoirBuffer")
+    assert (prs.class_counts == prs.slot_labels.sum(0)).all()
+    results = {"stream": shares(stream.sum(0)), "PRS": shares(prs.class_counts)}
+    us_ref, adm_ref = float("nan"), 0
+    if not args.skip_reference:
+        ref = ReferencePRS(args.capacity, m, seed=args.reference_seed, rho=args.rho)
+        us_ref, _, adm_ref = run(ref, stream, "ReferencePRS")
+        assert (ref.class_counts == ref.slot_labels.sum(0)).all()
+        results["reference"] = shares(ref.class_counts)
+    results["reservoir"] = shares(crs.class_counts)
+
+    print(f"\nload average while running (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs; the runs are sequential in one process")
+    print(f"µs per offer once full: PRSBuffer {us_prs:.1f}, ReservoirBuffer {us_crs:.1f}, "
+          f"ReferencePRS {us_ref:.1f}")
+    print(f"admitted of the {offers} offers once full: PRSBuffer {adm_prs}, ReservoirBuffer {adm_crs}"
+          + ("" if args.skip_reference else f", ReferencePRS {adm_ref}"))
+
+    print("\nper-group share of label occurrences (%):")
+    cols = list(results)
+    print(f"  {'group':<10}{'classes':>8}" + "".join(f"{c:>11}" for c in cols))
+    group_share = {c: {g: float(results[c][groups[g]].sum()) for g in GROUPS} for c in cols}
+    for g in GROUPS:
+        print(f"  {g:<10}{len(groups[g]):>8}" + "".join(f"{group_share[c][g]:>11.2f}" for c in cols))
+
+    print("\nper-class share of label occurrences (%), in class-index order:")
+    print(f"  {'class':<16}{'group':<10}" + "".join(f"{c:>11}" for c in cols))
+    for i, name in enumerate(classes):
+        print(f"  {name:<16}{group_of.get(i, '?'):<10}" + "".join(f"{results[c][i]:>11.2f}" for c in cols))
+
+    print()
+    ok = True
+    if args.skip_reference:
+        print("SKIP: speed ratio and reference agreement (--skip-reference)")
+    else:
+        ratio = us_ref / us_prs
+        print(f"speed ratio reference / production: {ratio:.1f}x")
+        ok &= check(ratio >= SPEEDUP_TARGET, f"production {ratio:.1f}x faster per offer (target >= {SPEEDUP_TARGET:.0f}x)")
+        worst = max(abs(group_share["PRS"][g] - group_share["reference"][g]) for g in GROUPS)
+        ok &= check(worst <= GROUP_TOLERANCE_PP,
+                    f"production vs reference per-group shares differ by at most {worst:.2f} pp "
+                    f"(target <= {GROUP_TOLERANCE_PP:.0f} pp)")
+    minority_buf, minority_stream = group_share["PRS"]["minority"], group_share["stream"]["minority"]
+    ok &= check(minority_buf >= MINORITY_FACTOR * minority_stream,
+                f"minority share in PRS buffer {minority_buf:.2f}% vs stream {minority_stream:.2f}% "
+                f"({minority_buf / minority_stream:.1f}x; target >= {MINORITY_FACTOR:.0f}x)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

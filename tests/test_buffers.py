@@ -1,0 +1,278 @@
+"""Replay buffers: slot semantics, bookkeeping, sampling, state, PRS against its plain reference."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from cml_bench.buffers import BUFFERS, PRSBuffer, ReplayBuffer, ReservoirBuffer, make_buffer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_prs import ReferencePRS  # noqa: E402
+
+
+def long_tailed_stream(n: int, num_classes: int, seed: int, tail: float = 1.3) -> np.ndarray:
+    """[n, M] bool: class c present with probability 0.6 * (c + 1)^-tail; empty rows get class 0."""
+    rng = np.random.default_rng(seed)
+    freq = 0.6 * np.arange(1, num_classes + 1) ** -tail
+    rows = rng.random((n, num_classes)) < freq
+    rows[~rows.any(axis=1), 0] = True
+    return rows
+
+
+def feed(buffer, stream: np.ndarray) -> np.ndarray:
+    """Offer every row, storing the stream index where told; return the stored indices per slot."""
+    stored = np.full(buffer.capacity, -1)
+    for i, row in enumerate(stream):
+        slot = buffer.offer(row)
+        if slot is not None:
+            stored[slot] = i
+    return stored[: len(buffer)]
+
+
+def shares(counts: np.ndarray) -> np.ndarray:
+    return counts / counts.sum()
+
+
+# ---------------------------------------------------------------------------- every buffer
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_fills_in_order_and_respects_capacity(name):
+    buffer = make_buffer(name, capacity=30, num_classes=6, seed=0)
+    stream = long_tailed_stream(400, 6, seed=1)
+    slots = [buffer.offer(row) for row in stream]
+    assert slots[:30] == list(range(30))
+    assert all(s is None or 0 <= s < 30 for s in slots[30:])
+    assert any(s is None for s in slots[30:]) and any(s is not None for s in slots[30:])
+    assert len(buffer) == 30 and buffer.n_seen == 400
+    assert buffer.slot_labels.shape == (30, 6)
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_bookkeeping_matches_what_the_caller_stored(name):
+    stream = long_tailed_stream(3000, 9, seed=2)
+    buffer = make_buffer(name, capacity=50, num_classes=9, seed=3)
+    stored = feed(buffer, stream)
+    assert (stored >= 0).all()
+    np.testing.assert_array_equal(buffer.slot_labels, stream[stored])
+    np.testing.assert_array_equal(buffer.class_counts, buffer.slot_labels.sum(0))
+    np.testing.assert_array_equal(buffer.n_c, stream.sum(0))
+    assert buffer.n_seen == len(stream)
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_offer_batch_equals_sequential_offers(name):
+    stream = long_tailed_stream(500, 5, seed=4).astype(np.int64)
+    one, two = make_buffer(name, 20, 5, seed=7), make_buffer(name, 20, 5, seed=7)
+    assert one.offer_batch(stream) == [two.offer(row) for row in stream]
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_state_dict_round_trip_gives_identical_future_decisions(name):
+    stream = long_tailed_stream(2000, 8, seed=5)
+    original = make_buffer(name, 40, 8, seed=11)
+    original.offer_batch(stream[:900])
+    state = original.state_dict()
+    _assert_plain(state)
+
+    restored = make_buffer(name, 40, 8, seed=999)  # the seed is part of the state
+    restored.load_state_dict(state)
+
+    def go_on(buffer):  # continue the same way, replay draws included
+        first = buffer.offer_batch(stream[900:1500])
+        drawn = buffer.sample(7).tolist()
+        return first, drawn, buffer.offer_batch(stream[1500:])
+
+    assert go_on(original) == go_on(restored)
+    np.testing.assert_array_equal(original.slot_labels, restored.slot_labels)
+    np.testing.assert_array_equal(original.class_counts, restored.class_counts)
+    assert original.state_dict()["rng_state"] == restored.state_dict()["rng_state"]
+
+
+def _assert_plain(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, str)
+            _assert_plain(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _assert_plain(item)
+    else:
+        assert isinstance(value, (np.ndarray, int, float, str, bool, type(None))), type(value)
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_state_is_a_snapshot(name):
+    buffer = make_buffer(name, 10, 4, seed=0)
+    buffer.offer_batch(long_tailed_stream(10, 4, seed=0))
+    state = buffer.state_dict()
+    before = state["slot_labels"].copy()
+    buffer.offer_batch(long_tailed_stream(200, 4, seed=1))
+    np.testing.assert_array_equal(state["slot_labels"], before)
+
+
+def test_load_state_dict_rejects_other_options():
+    prs = PRSBuffer(10, 4, seed=0, rho=-0.03)
+    state = prs.state_dict()
+    with pytest.raises(ValueError, match="rho"):
+        PRSBuffer(10, 4, seed=0, rho=0.02).load_state_dict(state)
+    with pytest.raises(ValueError, match="capacity"):
+        PRSBuffer(11, 4).load_state_dict(state)
+    with pytest.raises(ValueError, match="type"):
+        ReservoirBuffer(10, 4).load_state_dict(state)
+    with pytest.raises(ValueError, match="missing 'rng_state'"):
+        PRSBuffer(10, 4).load_state_dict({k: v for k, v in state.items() if k != "rng_state"})
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_sample_is_without_replacement_and_uniform(name):
+    buffer = make_buffer(name, 20, 3, seed=0)
+    assert buffer.sample(4).shape == (0,)  # empty buffer
+    buffer.offer_batch(np.eye(3, dtype=bool)[np.arange(12) % 3])
+    drawn = buffer.sample(50)
+    assert sorted(drawn.tolist()) == list(range(12))  # k > len: every filled slot once
+    assert buffer.sample(0).shape == (0,)
+    hits = np.zeros(12)
+    for _ in range(3000):
+        idx = buffer.sample(5)
+        assert len(set(idx.tolist())) == 5 and idx.max() < 12
+        hits[idx] += 1
+    assert chisquare(hits).pvalue > 0.01
+
+
+# ---------------------------------------------------------------------------- reservoir
+def test_reservoir_keeps_every_stream_index_equally_often():
+    n, capacity, reps = 40, 5, 3000
+    stream = np.eye(4, dtype=bool)[np.arange(n) % 4]
+    kept = np.zeros(n)
+    for rep in range(reps):
+        kept[feed(ReservoirBuffer(capacity, 4, seed=rep), stream)] += 1
+    assert kept.sum() == capacity * reps
+    assert chisquare(kept).pvalue > 0.01
+
+
+# ---------------------------------------------------------------------------- PRS
+def test_prs_favours_rare_classes():
+    stream = long_tailed_stream(4000, 10, seed=6, tail=1.6)
+    prs, crs = PRSBuffer(100, 10, seed=0, rho=-0.03), ReservoirBuffer(100, 10, seed=0)
+    feed(prs, stream)
+    feed(crs, stream)
+    stream_share, prs_share = shares(stream.sum(0)), shares(prs.class_counts)
+    rare = slice(5, 10)
+    assert prs_share[rare].sum() > 2.5 * stream_share[rare].sum()
+    assert prs_share[0] < 0.5 * stream_share[0]
+    assert abs(shares(crs.class_counts)[rare].sum() - stream_share[rare].sum()) < 0.06
+    assert prs_share.max() - prs_share.min() < 0.1  # close to balanced (rho < 0 but near 0)
+
+
+def test_prs_matches_the_reference_in_distribution():
+    stream = long_tailed_stream(1200, 8, seed=7)
+    ours = np.mean([shares(_run(PRSBuffer(60, 8, seed=s), stream)) for s in range(6)], axis=0)
+    ref = np.mean([shares(_run(ReferencePRS(60, 8, seed=100 + s), stream)) for s in range(6)], axis=0)
+    np.testing.assert_allclose(ours, ref, atol=0.015)
+
+
+def _run(buffer, stream):
+    for row in stream:
+        buffer.offer(row)
+    assert (buffer.class_counts == buffer.slot_labels.sum(0)).all()
+    return buffer.class_counts
+
+
+@pytest.mark.parametrize("rho", [-0.03, 0.02, -0.5])
+def test_prs_same_seed_makes_the_same_decisions_as_the_reference(rho):
+    stream = long_tailed_stream(1500, 7, seed=8)
+    stream[::97] = False  # a few samples without labels
+    stream[1000:, 6] = False  # class 6 stops, so it can be evicted completely
+    ours, ref = PRSBuffer(40, 7, seed=3, rho=rho), ReferencePRS(40, 7, seed=3, rho=rho)
+    assert [ours.offer(r) for r in stream] == [ref.offer(r) for r in stream]
+    np.testing.assert_array_equal(ours.slot_labels, ref.slot_labels)
+
+
+def test_prs_sample_without_labels_is_stored_while_filling_then_never():
+    prs = PRSBuffer(5, 3, seed=0)
+    empty = np.zeros(3, dtype=bool)
+    assert prs.offer(empty) == 0
+    prs.offer_batch(np.eye(3, dtype=bool)[[0, 1, 2, 0]])
+    assert all(prs.offer(empty) is None for _ in range(200))
+    assert prs.n_seen == 205 and prs.n_c.tolist() == [2, 1, 1]
+
+
+def test_prs_buffer_of_label_less_samples_admits_nothing():
+    empty = np.zeros((3, 4), dtype=bool)
+    for prs in (PRSBuffer(3, 4, seed=0), ReferencePRS(3, 4, seed=0)):
+        assert [prs.offer(row) for row in empty] == [0, 1, 2]
+        assert [prs.offer(row) for row in np.eye(4, dtype=bool)] == [None] * 4
+
+
+def test_prs_admits_a_never_seen_class_once_full():
+    prs = PRSBuffer(6, 4, seed=0)
+    prs.offer_batch(np.eye(4, dtype=bool)[[0, 1, 2, 0, 1, 2]])
+    prs.offer_batch(np.eye(4, dtype=bool)[[0] * 50])
+    assert prs.offer(np.eye(4, dtype=bool)[3]) is not None  # n_3 = 0: admission probability 1
+    assert prs.class_counts[3] == 1
+
+
+def test_prs_targets():
+    prs = PRSBuffer(4, 3, seed=0, rho=-0.5)
+    prs.offer_batch(np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0]], dtype=bool))
+    present, p = prs.targets()
+    assert present.tolist() == [True, True, False]
+    w = np.array([4**-0.5, 1.0])
+    np.testing.assert_allclose(p[:2], w / w.sum())
+    assert p[2] == 0.0
+
+
+# ---------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(capacity=0, num_classes=3), "capacity"),
+        (dict(capacity=2.5, num_classes=3), "capacity"),
+        (dict(capacity=True, num_classes=3), "capacity"),
+        (dict(capacity=5, num_classes=0), "num_classes"),
+        (dict(capacity=5, num_classes=3, seed=-1), "seed"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_bad_constructor_arguments(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BUFFERS[name](**kwargs)
+
+
+@pytest.mark.parametrize("rho", [float("nan"), float("inf"), "0.1", None])
+def test_bad_rho(rho):
+    with pytest.raises(ValueError, match="rho"):
+        PRSBuffer(5, 3, rho=rho)
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+def test_bad_labels(name):
+    buffer = make_buffer(name, 5, 3, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        buffer.offer(np.zeros(4))
+    with pytest.raises(ValueError, match="shape"):
+        buffer.offer(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        buffer.offer_batch(np.zeros(3))
+    with pytest.raises(ValueError, match="0/1"):
+        buffer.offer(np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="0/1"):
+        buffer.offer(np.array([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="k"):
+        buffer.sample(-1)
+    assert buffer.n_seen == 0 and len(buffer) == 0  # nothing half-done
+
+
+def test_make_buffer():
+    buffer = make_buffer("prs", 10, 4, seed=1, rho=0.02)
+    assert isinstance(buffer, PRSBuffer) and buffer.rho == 0.02 and buffer.capacity == 10
+    assert isinstance(make_buffer("reservoir", 10, 4, seed=1), ReservoirBuffer)
+    assert all(issubclass(cls, ReplayBuffer) for cls in BUFFERS.values())
+    with pytest.raises(ValueError) as err:
+        make_buffer("prs_reservior", 10, 4, seed=0)
+    assert str(err.value) == "Unknown buffer 'prs_reservior'. Available: prs, reservoir."
+    with pytest.raises(ValueError, match="does not take option.*rho"):
+        make_buffer("reservoir", 10, 4, seed=0, rho=0.1)

@@ -1,0 +1,303 @@
+"""Tests of cml_bench.metrics against scikit-learn and hand-computed cases."""
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, precision_score, recall_score
+
+import cml_bench.metrics as metrics
+from cml_bench.metrics import (
+    attribute_metrics,
+    average_incremental,
+    average_precision,
+    forgetting,
+    group_metrics,
+    multilabel_metrics,
+    topk_metrics,
+)
+
+
+def _random(seed: int, n: int = 200, m: int = 12, empty: tuple[int, ...] = (), ties: bool = False):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, m)) < rng.uniform(0.02, 0.5, size=m)).astype(int)
+    targets[:, list(empty)] = 0
+    if ties:  # integer-valued scores in {0..4}, many ties; scaled into [0, 1]
+        scores = rng.integers(0, 5, size=(n, m)) / 4.0
+    else:
+        scores = np.clip(0.35 * targets + rng.random((n, m)) * 0.7, 0.0, 1.0)
+    return scores, targets
+
+
+def _sklearn_ap(scores, targets):
+    return np.array(
+        [
+            100 * average_precision_score(targets[:, j], scores[:, j]) if targets[:, j].any() else np.nan
+            for j in range(targets.shape[1])
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- average precision
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_average_precision_matches_sklearn(seed, ties):
+    scores, targets = _random(seed, empty=(3, 7), ties=ties)
+    ap = average_precision(scores, targets)
+    assert ap.shape == (targets.shape[1],)
+    expected = _sklearn_ap(scores, targets)
+    np.testing.assert_allclose(ap, expected, rtol=1e-12, atol=1e-10, equal_nan=True)
+    assert np.isnan(ap[[3, 7]]).all()
+
+
+def test_average_precision_integer_scores_with_ties():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(-3, 3, size=(60, 6))  # raw ints, not probabilities: allowed for AP
+    targets = (rng.random((60, 6)) < 0.3).astype(int)
+    np.testing.assert_allclose(average_precision(scores, targets), _sklearn_ap(scores, targets), rtol=1e-12)
+
+
+def test_average_precision_all_tied_and_single_sample():
+    targets = np.array([[1, 0], [0, 0], [1, 1], [0, 0]])
+    scores = np.full((4, 2), 0.5)  # one threshold: AP = prevalence
+    np.testing.assert_allclose(average_precision(scores, targets), [50.0, 25.0])
+    np.testing.assert_allclose(average_precision([[0.3]], [[1]]), [100.0])
+
+
+def test_average_precision_accepts_bool_and_float_targets_and_tensors():
+    scores, targets = _random(3)
+    ref = average_precision(scores, targets)
+    np.testing.assert_array_equal(average_precision(scores, targets.astype(bool)), ref)
+    np.testing.assert_array_equal(average_precision(scores.tolist(), targets.astype(float)), ref)
+    torch = pytest.importorskip("torch")
+    got = average_precision(torch.tensor(scores, requires_grad=True), torch.tensor(targets))
+    np.testing.assert_array_equal(got, ref)
+
+
+# ----------------------------------------------------------------------------- multilabel metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multilabel_metrics_match_sklearn(seed):
+    scores, targets = _random(seed, empty=(4,))
+    res = multilabel_metrics(scores, targets)
+    assert list(res) == ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    assert all(isinstance(v, float) for v in res.values())
+    pred = (scores >= 0.5).astype(int)
+    cp = 100 * precision_score(targets, pred, average="macro", zero_division=0)
+    cr = 100 * recall_score(targets, pred, average="macro", zero_division=0)
+    op = 100 * precision_score(targets, pred, average="micro", zero_division=0)
+    orec = 100 * recall_score(targets, pred, average="micro", zero_division=0)
+    assert res["CP"] == pytest.approx(cp)
+    assert res["CR"] == pytest.approx(cr)
+    assert res["CF1"] == pytest.approx(2 * cp * cr / (cp + cr))
+    assert res["OP"] == pytest.approx(op)
+    assert res["OR"] == pytest.approx(orec)
+    assert res["OF1"] == pytest.approx(2 * op * orec / (op + orec))
+    assert res["mAP"] == pytest.approx(np.nanmean(_sklearn_ap(scores, targets)))
+
+
+def test_threshold_is_inclusive():
+    res = multilabel_metrics([[0.5], [0.49]], [[1], [0]])
+    assert res["CP"] == 100.0 and res["CR"] == 100.0
+    res = multilabel_metrics([[0.5], [0.49]], [[1], [0]], threshold=0.6)
+    assert res["CP"] == 0.0 and res["CF1"] == 0.0 and res["OF1"] == 0.0
+
+
+def test_cf1_is_harmonic_mean_of_means_not_mean_of_f1():
+    # class 0: P = 1, R = 1/2 (F1 = 2/3); class 1: P = 1/2, R = 1 (F1 = 2/3).
+    scores = np.array([[0.9, 0.9], [0.1, 0.9], [0.1, 0.1]])
+    targets = np.array([[1, 1], [1, 0], [0, 0]])
+    res = multilabel_metrics(scores, targets)
+    assert res["CP"] == pytest.approx(75.0) and res["CR"] == pytest.approx(75.0)
+    assert res["CF1"] == pytest.approx(75.0)  # the mean of per-class F1 would be 66.67
+    # micro: TP = 2, predicted = 3, positives = 3
+    assert res["OP"] == pytest.approx(200 / 3) and res["OR"] == pytest.approx(200 / 3)
+
+
+def test_empty_classes_policy():
+    scores = np.array([[0.9, 0.8, 0.7], [0.2, 0.6, 0.1]])
+    targets = np.array([[1, 0, 0], [0, 0, 1]])
+    # AP: class 0 -> 100, class 1 -> empty, class 2 -> ranked second of two -> 50
+    assert multilabel_metrics(scores, targets)["mAP"] == pytest.approx(75.0)
+    assert multilabel_metrics(scores, targets, ignore_empty=False)["mAP"] == pytest.approx(50.0)
+    # CP/CR include the empty class with recall 0 and precision 0 (it has predictions, no TP)
+    res = multilabel_metrics(scores, targets)
+    assert res["CR"] == pytest.approx(100 * (1 + 0 + 0) / 3)
+    only_empty = multilabel_metrics(scores, targets, classes=[1])
+    assert np.isnan(only_empty["mAP"])
+    assert np.isnan(multilabel_metrics(scores, targets, classes=[1], ignore_empty=False)["mAP"])
+    assert only_empty["CR"] == 0.0 and only_empty["OR"] == 0.0
+
+
+def test_class_subset_equals_metrics_on_sliced_columns():
+    scores, targets = _random(7, m=10, empty=(2,))
+    subset = [8, 2, 5, 0]
+    got = multilabel_metrics(scores, targets, classes=subset)
+    want = multilabel_metrics(scores[:, subset], targets[:, subset])
+    assert got == pytest.approx(want)
+    pred = (scores[:, subset] >= 0.5).astype(int)
+    assert got["OP"] == pytest.approx(100 * precision_score(targets[:, subset], pred, average="micro"))
+    assert got["CR"] == pytest.approx(
+        100 * recall_score(targets[:, subset], pred, average="macro", zero_division=0)
+    )
+    assert multilabel_metrics(scores, targets, classes=np.array(subset)) == got
+
+
+def test_group_metrics():
+    scores, targets = _random(8, m=6)
+    groups = {"majority": [0, 1], "moderate": [2, 3], "minority": (4, 5)}
+    res = group_metrics(scores, targets, groups)
+    assert list(res) == ["all", "majority", "moderate", "minority"]
+    assert res["all"] == multilabel_metrics(scores, targets)
+    assert res["minority"] == multilabel_metrics(scores, targets, classes=[4, 5])
+    with pytest.raises(ValueError, match="other than 'all'"):
+        group_metrics(scores, targets, {"all": [0]})
+
+
+# ----------------------------------------------------------------------------- top-k
+
+
+def test_topk_hand_case():
+    scores = np.array(
+        [
+            [0.9, 0.8, 0.7, 0.1, 0.0],  # top-3: 0, 1, 2
+            [0.1, 0.2, 0.3, 0.4, 0.5],  # top-3: 2, 3, 4
+        ]
+    )
+    targets = np.array([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]])
+    res = topk_metrics(scores, targets)
+    assert list(res) == ["CP@3", "CR@3", "CF1@3", "OP@3", "OR@3", "OF1@3"]
+    # per class (TP / predicted / positives): 0: 1/1/1, 1: 0/1/0, 2: 1/2/1, 3: 0/1/1, 4: 0/1/0
+    cp = 100 * (1 + 0 + 0.5 + 0 + 0) / 5
+    cr = 100 * (1 + 0 + 1 + 0 + 0) / 5
+    assert res["CP@3"] == pytest.approx(cp) and res["CR@3"] == pytest.approx(cr)
+    assert res["CF1@3"] == pytest.approx(2 * cp * cr / (cp + cr))
+    assert res["OP@3"] == pytest.approx(100 * 2 / 6) and res["OR@3"] == pytest.approx(100 * 2 / 3)
+    assert res["OF1@3"] == pytest.approx(2 * (2 / 6) * (2 / 3) / (2 / 6 + 2 / 3) * 100)
+    # subset: predictions still chosen among all columns
+    sub = topk_metrics(scores, targets, classes=[3])
+    assert sub["CP@3"] == 0.0 and sub["CR@3"] == 0.0
+    assert "CP@2" in topk_metrics(scores, targets, k=2)
+
+
+def test_topk_ties_prefer_lower_index_and_k_validation():
+    res = topk_metrics([[0.5, 0.5, 0.5]], [[1, 0, 0]], k=1)
+    assert res["OP@1"] == 100.0
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(ValueError, match="argument `k`"):
+            topk_metrics([[0.5, 0.5, 0.5]], [[1, 0, 0]], k=bad)
+
+
+# ----------------------------------------------------------------------------- attributes
+
+
+def test_attribute_metrics_hand_case():
+    scores = np.array([[0.9, 0.6, 0.2, 0.1], [0.1, 0.2, 0.8, 0.3], [0.7, 0.1, 0.1, 0.2]])
+    targets = np.array([[1, 0, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]])
+    # pred = [[1,1,0,0],[0,0,1,0],[1,0,0,0]]
+    res = attribute_metrics(scores, targets)
+    assert list(res) == ["mA", "Accu", "Prec", "Recall", "F1"]
+    # attr 0: TPR 2/2, TNR 1/1 -> 1; attr 1: no positive -> TNR 2/3; attr 2: 1, 1 -> 1;
+    # attr 3: TPR 0/1, TNR 2/2 -> 1/2
+    assert res["mA"] == pytest.approx(100 * (1 + 2 / 3 + 1 + 0.5) / 4)
+    # per image (inter / union / pred / true): (1/2/2/1), (1/2/1/2), (1/1/1/1)
+    assert res["Accu"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
+    prec, rec = (0.5 + 1 + 1) / 3, (1 + 0.5 + 1) / 3
+    assert res["Prec"] == pytest.approx(100 * prec) and res["Recall"] == pytest.approx(100 * rec)
+    assert res["F1"] == pytest.approx(100 * 2 * prec * rec / (prec + rec))
+
+
+def test_attribute_metrics_empty_denominators_count_zero():
+    scores = np.array([[0.1, 0.2], [0.9, 0.1]])
+    targets = np.array([[0, 0], [1, 0]])  # image 0: nothing true, nothing predicted
+    res = attribute_metrics(scores, targets)
+    assert res["Accu"] == pytest.approx(50.0)
+    assert res["Prec"] == pytest.approx(50.0) and res["Recall"] == pytest.approx(50.0)
+    assert res["mA"] == pytest.approx(100.0)  # attr 1 has no positive: its TNR (1) only
+
+
+# ----------------------------------------------------------------------------- continual summaries
+
+
+def test_forgetting_hand_matrix():
+    nan = np.nan
+    m = np.array(
+        [
+            [50.0, nan, nan, nan],
+            [70.0, 40.0, nan, nan],
+            [60.0, 55.0, 30.0, nan],
+            [45.0, 50.0, 35.0, 80.0],
+        ]
+    )
+    np.testing.assert_allclose(forgetting(m), [25.0, 5.0, -5.0, nan], equal_nan=True)
+    # upper-triangle values are ignored, whatever they hold
+    m2 = np.where(np.isnan(m), 1e9, m)
+    np.testing.assert_allclose(forgetting(m2), [25.0, 5.0, -5.0, nan], equal_nan=True)
+    np.testing.assert_allclose(forgetting([[3.0]]), [nan], equal_nan=True)
+    assert average_incremental(m) == pytest.approx((50 + 55 + 145 / 3 + 52.5) / 4)
+
+
+def test_forgetting_rejects_non_square():
+    with pytest.raises(ValueError, match="square T x T"):
+        forgetting(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="square T x T"):
+        average_incremental(np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_shape_mismatch_message():
+    with pytest.raises(ValueError) as err:
+        multilabel_metrics(np.zeros((10, 5)), np.zeros((10, 4)))
+    assert str(err.value) == (
+        "Expected `scores` and `targets` to have the same shape, but got (10, 5) and (10, 4)."
+    )
+
+
+@pytest.mark.parametrize(
+    "scores, targets, match",
+    [
+        (np.zeros(5), np.zeros(5), "2-D array"),
+        (np.zeros((0, 3)), np.zeros((0, 3)), "at least one sample"),
+        (np.array([[0.2, np.nan]]), np.array([[0, 1]]), "finite"),
+        (np.array([[0.2, np.inf]]), np.array([[0, 1]]), "finite"),
+        (np.array([[0.2, 0.3]]), np.array([[0, 2]]), "only 0 and 1"),
+        (np.array([[0.2, 0.3]]), np.array([[0.5, 1.0]]), "only 0 and 1"),
+        (np.array([["a", "b"]]), np.array([[0, 1]]), "real-valued"),
+    ],
+)
+def test_input_validation(scores, targets, match):
+    for fn in (average_precision, multilabel_metrics, topk_metrics, attribute_metrics):
+        with pytest.raises(ValueError, match=match):
+            fn(scores, targets)
+
+
+def test_thresholded_metrics_reject_logits_and_bad_threshold():
+    logits, targets = np.array([[2.0, -1.0]]), np.array([[1, 0]])
+    average_precision(logits, targets)  # ranking metrics accept any real scores
+    topk_metrics(logits, targets, k=1)
+    for fn in (multilabel_metrics, attribute_metrics):
+        with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+            fn(logits, targets)
+        with pytest.raises(ValueError, match="argument `threshold`"):
+            fn(np.array([[0.2, 0.3]]), targets, threshold=1.5)
+
+
+@pytest.mark.parametrize("classes", [[], [0, 5], [-1], [1, 1], [0.5], [[0, 1]]])
+def test_classes_validation(classes):
+    with pytest.raises(ValueError, match="argument `classes`"):
+        multilabel_metrics(np.full((2, 3), 0.5), np.zeros((2, 3)), classes=classes)
+
+
+# ----------------------------------------------------------------------------- doctests
+
+
+def test_doctests():
+    result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
