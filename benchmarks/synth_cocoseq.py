@@ -9,11 +9,11 @@ build. The structure mirrors COCOseq (Kim et al., ECCV 2020):
   count (below), so the long tail is COCOseq's (commonest / rarest = 37x);
 * images carry 1-4 labels with COCOseq's label-count profile, labels drawn within the task with a
   fixed random co-occurrence structure (each class has two preferred partners);
-* majority / moderate / minority groups use PROTOCOL.md's bounds scaled by ``scale`` (at 0.1:
-  >= 90 majority, < 20 minority), which with ``floor`` reproduces the published lists exactly;
+* majority / moderate / minority groups use PROTOCOL.md's bounds scaled by ``scale`` (at 0.3:
+  >= 270 majority, < 60 minority), which with ``floor`` reproduces the published lists exactly;
 * a balanced test set per task: ``test_per_class`` images anchored on each class.
 
-Each class is a fixed random 4x4 colour sprite, drawn at 8-12 px (at 64 px images) at a random
+Each class is a fixed random 4x4 colour sprite, drawn at 12-16 px (in 64 px images) at a random
 position, among unlabelled look-alike clutter sprites from the same palette on a noisy colour field.
 Only the exact local colour layout identifies a class, so recognising it needs spatial detail:
 the setting in which DLFL argues a pooled head is at a disadvantage.
@@ -70,20 +70,25 @@ class SynthCocoseqOptions:
     """Options of ``synth-cocoseq``.
 
     Attributes:
-        scale: fraction of COCOseq's per-class training counts (0.1: 3.4k training images).
+        scale: fraction of COCOseq's per-class training counts (0.3: 10.5k training images).
         image_size: side of the square images in pixels.
         test_per_class: test images anchored on each class (balanced test set).
         clutter: unlabelled look-alike sprites per image.
+        sprite_min, sprite_max: drawn sprite sizes in pixels (inclusive range).
+        noise: standard deviation of the background's per-pixel noise (0-255 scale).
         data_seed: seed of the drawing (sprites, label sets, images); the run seed does not change
             the data, only its order.
         cache_dir: where generated data is cached; default ``$CML_BENCH_CACHE`` or
             ``~/.cache/cml_bench``.
     """
 
-    scale: float = 0.1
+    scale: float = 0.3
     image_size: int = 64
     test_per_class: int = 20
-    clutter: int = 6
+    clutter: int = 3
+    sprite_min: int = 12
+    sprite_max: int = 16
+    noise: float = 10.0
     data_seed: int = 0
     cache_dir: str | None = None
 
@@ -92,6 +97,9 @@ class SynthCocoseqOptions:
             raise ValueError(f"benchmark.options.scale must be in (0, 1], got {self.scale}.")
         if self.image_size < 32:
             raise ValueError(f"benchmark.options.image_size must be >= 32, got {self.image_size}.")
+        if not 4 <= self.sprite_min <= self.sprite_max <= self.image_size // 2:
+            raise ValueError(f"benchmark.options.sprite_min/sprite_max must satisfy 4 <= min <= max <= "
+                             f"image_size / 2, got {self.sprite_min}, {self.sprite_max}.")
         if self.test_per_class < 1:
             raise ValueError(f"benchmark.options.test_per_class must be >= 1, got {self.test_per_class}.")
 
@@ -165,10 +173,11 @@ def test_label_sets(rng: np.random.Generator, per_class: int, classes: tuple[int
 class Painter:
     """Draws images: noisy colour field, clutter sprites, then one sprite per label."""
 
-    def __init__(self, rng: np.random.Generator, num_classes: int, image_size: int, clutter: int):
-        self.size = image_size
-        self.clutter = clutter
-        self.sprite_sizes = np.arange(round(image_size * 8 / 64), round(image_size * 12 / 64) + 1)
+    def __init__(self, rng: np.random.Generator, num_classes: int, options: SynthCocoseqOptions):
+        self.size = options.image_size
+        self.clutter = options.clutter
+        self.noise = options.noise
+        self.sprite_sizes = np.arange(options.sprite_min, options.sprite_max + 1)
         codes = set()
         grids = []
         while len(grids) < num_classes + 200:  # classes first, then the clutter pool
@@ -184,7 +193,7 @@ class Painter:
     def paint(self, rng: np.random.Generator, label_sets: list[list[int]]) -> np.ndarray:
         n, size = len(label_sets), self.size
         base = rng.integers(30, 200, size=(n, 3, 1, 1))
-        images = np.clip(base + rng.normal(0, 28, size=(n, 3, size, size)), 0, 255).astype(np.uint8)
+        images = np.clip(base + rng.normal(0, self.noise, size=(n, 3, size, size)), 0, 255).astype(np.uint8)
         pool = np.arange(self.num_classes, self.num_classes + 200)
         for i, labels in enumerate(label_sets):
             for sprite in rng.choice(pool, size=self.clutter):
@@ -211,7 +220,7 @@ def generate(options: SynthCocoseqOptions) -> dict[str, np.ndarray]:
     """All arrays of the benchmark, in stream order: ``train_x{k}``, ``train_y{k}``, ``test_x{k}``, ..."""
     rng = np.random.default_rng([options.data_seed, GENERATOR_VERSION])
     counts = scaled_counts(options.scale)
-    painter = Painter(rng, len(CLASS_NAMES), options.image_size, options.clutter)
+    painter = Painter(rng, len(CLASS_NAMES), options)
     arrays: dict[str, np.ndarray] = {}
     for position, task in enumerate(COCOSEQ_TASK_ORDER):
         classes = COCOSEQ_TASK_CLASSES[task]
@@ -274,7 +283,7 @@ def build_meta(options: SynthCocoseqOptions) -> BenchmarkMeta:
     description="embedded default: COCOseq's structure and long tail drawn as sprites (no download)",
     defaults={
         "model": {"backbone": "resnet10t", "feature_level": 3, "stem_pool": False},
-        "train": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "grad_clip_value": 5.0},
+        "train": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5, "grad_clip_value": 5.0},
         "eval": {"batch_size": 200},
     },
 )

@@ -70,6 +70,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_angles(args: argparse.Namespace) -> int:
+    """Paper Fig. 8 for a finished run: feature-to-classifier angles per label on all test sets."""
+    from pathlib import Path
+
+    import torch
+
+    from cml_bench.angles import angles_for_model, plot_angles, summarise_angles
+    from cml_bench.models import build_model
+    from cml_bench.runner import build_benchmark, resolve_config, strategy_label
+
+    run_dir = Path(args.run_dir)
+    for needed in ("config.yaml", "model.pt"):
+        if not (run_dir / needed).is_file():
+            raise FileNotFoundError(f"'{run_dir}' is not a finished run folder: {needed} is missing "
+                                    f"(pass a folder written by `python -m cml_bench run`).")
+    config = resolve_config(load_yaml(run_dir / "config.yaml"))
+    benchmark = build_benchmark(config)
+    model = build_model(config.model, benchmark.meta.num_classes)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    tests = [exp.dataset for exp in benchmark.test_stream]
+    union = tests[0]
+    for extra in tests[1:]:
+        union = union.concat(extra)
+    frame = angles_for_model(model, union, config.eval.batch_size, "cpu",
+                             class_names=benchmark.meta.class_names, max_samples=args.max_samples)
+    frame.to_csv(run_dir / "angles.csv", index=False)
+    summary = summarise_angles(frame)
+    summary.to_csv(run_dir / "angles_summary.csv", index=False)
+    title = f"{strategy_label(config)} on {config.benchmark.name} (seed {config.seed}): angle between " \
+            f"each label's feature and its classifier weight, all test sets"
+    plot_angles(frame, run_dir / "angles.png", title)
+    pos = frame[frame.positive].angle_deg.median()
+    neg = frame[~frame.positive].angle_deg.median()
+    print(f"median angle: positives {pos:.1f} deg, negatives {neg:.1f} deg ({len(frame)} pairs)")
+    print(f"wrote {run_dir / 'angles.csv'}, angles_summary.csv and angles.png")
+    return 0
+
+
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from cml_bench.loop_bench import run_loop_bench
+    from cml_bench.runner import resolve_config
+
+    layer = {"strategy": {"name": "finetune"}}
+    if args.benchmark:
+        layer["benchmark"] = {"name": args.benchmark}
+    if args.batch_size:
+        layer["train"] = {"batch_size": args.batch_size}
+    config = resolve_config(layer, {"device": args.device or "cpu"})
+    print(f"Training loop cost on {config.benchmark.name}, task 0, {config.model.backbone} "
+          f"({config.model.head} head), batch {config.train.batch_size}, {args.repeats} repeats "
+          f"after one warm-up, device {config.device}:")
+    result = run_loop_bench(config, repeats=args.repeats)
+    import statistics
+
+    ours, bare = statistics.median(result.cml_bench_ips), statistics.median(result.bare_ips)
+    print(f"cml_bench loop: {ours:.1f} images/s (median)")
+    print(f"bare PyTorch loop: {bare:.1f} images/s (median)")
+    print(f"ratio cml_bench / bare: {result.ratio:.3f} (overhead {100 * (1 - result.ratio):+.1f}%; "
+          f"target: overhead <= 10%)")
+    return 0
+
+
 def _options_text(options_cls: type) -> str:
     fields = dataclasses.fields(options_cls)
     if not fields:
@@ -127,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="results folder (default: results)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench-loop", help="measure the training loop's overhead against a bare "
+                                              "PyTorch loop")
+    bench.add_argument("--benchmark", help="benchmark (default synth-cocoseq)")
+    bench.add_argument("--batch-size", type=int, help="incoming batch size (default: the protocol's 10)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats of each loop (default 3)")
+    bench.add_argument("--device", help="cpu or cuda (default cpu)")
+    bench.set_defaults(func=cmd_bench_loop)
+
+    angles = sub.add_parser("angles", help="angle diagnostics of a finished run (paper Fig. 8)")
+    angles.add_argument("run_dir", help="a run folder written by `run` (holds config.yaml and model.pt)")
+    angles.add_argument("--max-samples", type=int, help="use only the first N test images")
+    angles.set_defaults(func=cmd_angles)
 
     lst = sub.add_parser("list", help="list strategies, heads and benchmarks")
     lst.add_argument("-v", "--verbose", action="store_true", help="also list every option with its default")

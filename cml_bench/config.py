@@ -213,7 +213,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def resolve(*layers: Mapping[str, Any]) -> RunConfig:
     """Merge config layers (lowest precedence first) and validate them into a :class:`RunConfig`."""
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = RunConfig().to_dict()  # so a partial section keeps its other defaults
     for layer in layers:
         merged = merge(merged, layer)
     return build_dataclass(RunConfig, merged)

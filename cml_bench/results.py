@@ -69,8 +69,12 @@ def manifest(config: RunConfig, wall_time_s: float, extra: dict[str, Any] | None
 
 
 def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Iterable[dict[str, Any]],
-              info: dict[str, Any]) -> Path:
-    """Write a complete run folder atomically and return its final path."""
+              info: dict[str, Any], model_state: dict[str, Any] | None = None) -> Path:
+    """Write a complete run folder atomically and return its final path.
+
+    ``model_state`` (the final weights) is saved as ``model.pt`` for diagnostics such as
+    ``python -m cml_bench angles RUN_DIR``.
+    """
     parent = Path(out) / config.benchmark.name / strategy_label
     parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -82,6 +86,8 @@ def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Ite
         frame = pd.DataFrame(list(rows), columns=CSV_COLUMNS)
         frame.to_csv(staging / "metrics.csv", index=False)
         (staging / "summary.md").write_text(summary_table(frame) + "\n")
+        if model_state is not None:
+            torch.save(model_state, staging / "model.pt")
         for n in range(1000):
             final = parent / (f"seed{config.seed}-{stamp}" + (f"-{n}" if n else ""))
             try:

@@ -134,7 +134,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     wall = time.perf_counter() - start
     info = manifest(config, wall, {"strategy_label": label, "train_images": sum(
         len(e.dataset) for e in benchmark.train_stream)})
-    path = write_run(out, config, label, evaluator.rows, info)
+    path = write_run(out, config, label, evaluator.rows, info, model_state=model.state_dict())
     import pandas as pd
 
     summary = summary_table(pd.DataFrame(evaluator.rows))

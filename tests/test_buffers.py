@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
+import cml_bench.buffers.prs as prs_module
 from cml_bench.buffers import BUFFERS, PRSBuffer, ReplayBuffer, ReservoirBuffer, make_buffer
+from cml_bench.buffers.base import label_lists
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_prs import ReferencePRS  # noqa: E402
@@ -67,6 +69,55 @@ def test_offer_batch_equals_sequential_offers(name):
     stream = long_tailed_stream(500, 5, seed=4).astype(np.int64)
     one, two = make_buffer(name, 20, 5, seed=7), make_buffer(name, 20, 5, seed=7)
     assert one.offer_batch(stream) == [two.offer(row) for row in stream]
+
+
+def test_label_lists_match_per_row_nonzero():
+    rows = long_tailed_stream(60, 9, seed=9)
+    rows[::7] = False
+    expected = [row.nonzero()[0].tolist() for row in rows]
+    assert label_lists(rows) == expected
+    assert label_lists(np.asfortranarray(rows)) == expected
+    assert label_lists(rows[::3]) == expected[::3]  # a non-contiguous view
+    assert label_lists(rows[:0]) == []
+
+
+def test_a_buffer_must_decide_somehow():
+    class Undecided(ReplayBuffer):
+        pass
+
+    with pytest.raises(NotImplementedError, match="_choose_slot"):
+        Undecided(3, 2).offer(np.array([1, 0]))
+
+
+def _tricky_stream(n: int = 1500, num_classes: int = 7) -> np.ndarray:
+    stream = long_tailed_stream(n, num_classes, seed=8)
+    stream[::97] = False  # a few samples without labels
+    stream[1000:, num_classes - 1] = False  # the last class stops, so it can be evicted completely
+    stream[:600, num_classes - 2] = False  # another one first appears once the buffer is full
+    return stream
+
+
+def _chunks(stream: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Consecutive chunks of 1 to 23 rows (one crossing any fill point)."""
+    rng = np.random.default_rng(seed)
+    cuts = np.cumsum(rng.integers(1, 24, size=len(stream)))
+    cuts = cuts[cuts < len(stream)]
+    return np.split(stream, cuts)
+
+
+@pytest.mark.parametrize("name", sorted(BUFFERS))
+@pytest.mark.parametrize("rho", [-0.03, 0.02, -0.5])
+def test_offer_batch_in_chunks_equals_single_offers(name, rho):
+    stream = _tricky_stream()
+    options = {"rho": rho} if name == "prs" else {}
+    one, two = make_buffer(name, 40, 7, seed=3, **options), make_buffer(name, 40, 7, seed=3, **options)
+    batched = [slot for chunk in _chunks(stream, seed=1) for slot in one.offer_batch(chunk)]
+    assert batched == [two.offer(row) for row in stream]
+    assert one.rng.bit_generator.state == two.rng.bit_generator.state  # the same draws, no more
+    np.testing.assert_array_equal(one.slot_labels, two.slot_labels)
+    np.testing.assert_array_equal(one.class_counts, two.class_counts)
+    np.testing.assert_array_equal(one.n_c, two.n_c)
+    assert one.n_seen == two.n_seen == len(stream)
 
 
 @pytest.mark.parametrize("name", sorted(BUFFERS))
@@ -181,14 +232,63 @@ def _run(buffer, stream):
     return buffer.class_counts
 
 
+@pytest.mark.parametrize("batch", [None, 10])
 @pytest.mark.parametrize("rho", [-0.03, 0.02, -0.5])
-def test_prs_same_seed_makes_the_same_decisions_as_the_reference(rho):
-    stream = long_tailed_stream(1500, 7, seed=8)
-    stream[::97] = False  # a few samples without labels
-    stream[1000:, 6] = False  # class 6 stops, so it can be evicted completely
+def test_prs_same_seed_makes_the_same_decisions_as_the_reference(rho, batch):
+    stream = _tricky_stream()
     ours, ref = PRSBuffer(40, 7, seed=3, rho=rho), ReferencePRS(40, 7, seed=3, rho=rho)
-    assert [ours.offer(r) for r in stream] == [ref.offer(r) for r in stream]
+    if batch is None:
+        decisions = [ours.offer(r) for r in stream]
+    else:  # as cml_bench/replay.py offers them: one call per mini-batch
+        decisions = [s for lo in range(0, len(stream), batch) for s in ours.offer_batch(stream[lo : lo + batch])]
+    assert decisions == [ref.offer(r) for r in stream]
     np.testing.assert_array_equal(ours.slot_labels, ref.slot_labels)
+
+
+def _leaving_stream() -> np.ndarray:
+    """With capacity 5 and rho -3, classes leave the buffer completely and come back (one of them
+    holding more than half of Z when it leaves)."""
+    stream = long_tailed_stream(1500, 7, seed=0)
+    stream[300:1000, 5:] = False
+    return stream
+
+
+@pytest.mark.parametrize("batch", [None, 10])
+def test_prs_classes_leaving_and_reentering_as_the_reference(batch):
+    stream = _leaving_stream()
+    ours, ref = PRSBuffer(5, 7, seed=0, rho=-3.0), ReferencePRS(5, 7, seed=0, rho=-3.0)
+    if batch is None:
+        decisions = [ours.offer(r) for r in stream]
+    else:
+        decisions = [s for lo in range(0, len(stream), batch) for s in ours.offer_batch(stream[lo : lo + batch])]
+    assert decisions == [ref.offer(r) for r in stream]
+    np.testing.assert_array_equal(ours.slot_labels, ref.slot_labels)
+
+
+@pytest.mark.parametrize("case", ["tricky", "leaving", "extreme"])
+@pytest.mark.parametrize(
+    "slack, resync",
+    [(0.5, 64), (0.0, 10**9)],  # the exact Z very often; the estimate alone, never recomputed
+)
+def test_prs_estimate_of_z_never_changes_a_decision(monkeypatch, slack, resync, case):
+    monkeypatch.setattr(prs_module, "Z_SLACK", slack)
+    monkeypatch.setattr(prs_module, "Z_RESYNC", resync)
+    if case == "tricky":
+        stream, capacity, seed, rho = _tricky_stream(3000), 40, 5, -0.5
+    elif case == "leaving":
+        stream, capacity, seed, rho = _leaving_stream(), 5, 0, -3.0
+    else:  # one step of n_c can shrink Z by orders of magnitude: the estimate must not be used then
+        stream, capacity, seed, rho = _leaving_stream(), 5, 1, -50.0
+    ours, ref = PRSBuffer(capacity, 7, seed=seed, rho=rho), ReferencePRS(capacity, 7, seed=seed, rho=rho)
+    decisions, estimated = [], 0
+    for lo in range(0, len(stream), 10):
+        decisions += ours.offer_batch(stream[lo : lo + 10])
+        if ours._z_age < resync and ours._z_est >= ours._z_floor:  # it would be used: (nearly) exact
+            z = float(ours._ppow.dot(ours._ones))
+            assert abs(ours._z_est - z) <= 1e-12 * z
+            estimated += 1
+    assert estimated > 50
+    assert decisions == [ref.offer(r) for r in stream]
 
 
 def test_prs_sample_without_labels_is_stored_while_filling_then_never():

@@ -10,7 +10,7 @@ Everything random goes through ``self.rng`` (a PCG64 generator seeded at constru
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from typing import Any
 
 import numpy as np
@@ -19,11 +19,14 @@ import numpy as np
 class ReplayBuffer(ABC):
     """Fixed-capacity slot allocator over multi-hot labels.
 
-    Subclasses implement ``_choose_slot`` only; the base class validates input, keeps the slot-label
-    matrix, per-class slot counts and per-class stream counts, and handles sampling and state. While
-    ``_choose_slot`` runs, ``n_seen`` and ``n_c`` do NOT yet include the sample being offered; both
-    are incremented right after it returns (whatever it decided). Bookkeeping per offer touches only
-    the labels of the incoming sample and of the sample it replaces.
+    Subclasses implement ``_choose_slot`` (or override ``_offer_rows``); the base class validates
+    input, keeps the slot-label matrix, per-class slot counts and per-class stream counts, and handles
+    sampling and state. While ``_choose_slot`` runs, ``n_seen`` and ``n_c`` do NOT yet include the
+    sample being offered; both are incremented right after it returns (whatever it decided).
+    Bookkeeping per offer touches only the labels of the incoming sample and of the sample it
+    replaces. ``offer`` and ``offer_batch`` validate their input once and hand the bool rows to
+    ``_offer_rows``, which a subclass may override with a fused loop (``PRSBuffer`` does) as long as
+    the decisions and random draws stay exactly those of offering the rows one by one.
 
     Args:
         capacity: number of slots B (>= 1).
@@ -40,27 +43,22 @@ class ReplayBuffer(ABC):
         self.seed = int(seed)
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         self._slots = np.zeros((self._capacity, self._num_classes), dtype=bool)
-        self._slot_sizes = np.zeros(self._capacity, dtype=np.int64)  # labels carried by each slot
-        self._class_counts = np.zeros(self._num_classes, dtype=np.int64)  # filled slots per class
+        # filled slots per class, whole numbers kept as float64 (exact; no cast in float arithmetic)
+        self._class_counts = np.zeros(self._num_classes)
         self._total = 0  # label occurrences over the filled slots (== _class_counts.sum())
         self._n = [0] * self._num_classes  # stream samples per class (Python ints: read per offer)
         self._filled = 0
         self._n_seen = 0
 
     # ------------------------------------------------------------------ what subclasses decide
-    @abstractmethod
     def _choose_slot(self, row: np.ndarray, labels: list[int]) -> int | None:
         """Slot for a validated bool label row, or None (``n_seen``/``n_c`` exclude it yet).
 
         ``labels`` lists the row's class indices. While the buffer is not full the slot must be
-        ``len(self)`` (the next free one); once full, any slot in ``range(capacity)``.
+        ``len(self)`` (the next free one); once full, any slot in ``range(capacity)``. Called by the
+        base class's ``_offer_rows``; a subclass that overrides ``_offer_rows`` need not define it.
         """
-
-    def _on_write(self, slot: int, old: list[int], new: list[int]) -> None:
-        """Hook after ``slot``'s labels changed from ``old`` to ``new`` (counts already updated)."""
-
-    def _on_counted(self, labels: list[int]) -> None:
-        """Hook after ``n_c`` was incremented for ``labels``."""
+        raise NotImplementedError(f"{type(self).__name__} must define _choose_slot or _offer_rows")
 
     def _after_load(self) -> None:
         """Hook at the end of ``load_state_dict`` (rebuild subclass caches)."""
@@ -76,32 +74,36 @@ class ReplayBuffer(ABC):
         Args:
             labels: 0/1 (or bool) vector of length ``num_classes``.
         """
-        return self._offer_row(self._validate_labels(labels, ndim=1))
+        return self._offer_rows(self._validate_labels(labels, ndim=1)[None])[0]
 
     def offer_batch(self, labels: np.ndarray) -> list[int | None]:
-        """Offer the rows of a [N, num_classes] 0/1 matrix one after the other."""
-        rows = self._validate_labels(labels, ndim=2)
-        return [self._offer_row(row) for row in rows]
+        """Offer the rows of a [N, num_classes] 0/1 matrix one after the other.
 
-    def _offer_row(self, row: np.ndarray) -> int | None:
-        labels = row.nonzero()[0].tolist()
-        slot = self._choose_slot(row, labels)
-        if slot is not None:
-            slot = int(slot)
-            self._write(slot, row, labels)
-        self._n_seen += 1
+        Returns one slot (or None) per row, exactly what ``offer`` would return row by row, with the
+        same random draws; the input is validated and converted once for the whole batch.
+        """
+        return self._offer_rows(self._validate_labels(labels, ndim=2))
+
+    def _offer_rows(self, rows: np.ndarray) -> list[int | None]:
+        """Offer the rows of a validated bool [N, num_classes] matrix in order."""
+        out: list[int | None] = []
         n = self._n
-        for c in labels:
-            n[c] += 1
-        self._on_counted(labels)
-        return slot
+        for row, labels in zip(rows, label_lists(rows)):
+            slot = self._choose_slot(row, labels)
+            if slot is not None:
+                slot = int(slot)
+                self._write(slot, row, labels)
+            self._n_seen += 1
+            for c in labels:
+                n[c] += 1
+            out.append(slot)
+        return out
 
     def _write(self, slot: int, row: np.ndarray, labels: list[int]) -> None:
         assert 0 <= slot <= self._filled and slot < self._capacity, (slot, self._filled)
         counts = self._class_counts
         if slot == self._filled:
             self._filled += 1
-            old: list[int] = []
         else:
             old = self._slots[slot].nonzero()[0].tolist()
             for c in old:
@@ -111,8 +113,6 @@ class ReplayBuffer(ABC):
             counts[c] += 1
         self._total += len(labels)
         self._slots[slot] = row
-        self._slot_sizes[slot] = len(labels)
-        self._on_write(slot, old, labels)
 
     def _validate_labels(self, labels: np.ndarray, ndim: int) -> np.ndarray:
         arr = np.asarray(labels)
@@ -159,7 +159,7 @@ class ReplayBuffer(ABC):
     @property
     def class_counts(self) -> np.ndarray:
         """int [num_classes]: filled slots carrying each class (== ``slot_labels.sum(0)``)."""
-        return self._class_counts.copy()
+        return self._class_counts.astype(np.int64)
 
     def sample(self, k: int) -> np.ndarray:
         """Draw min(k, len(self)) filled-slot indices uniformly without replacement (int64)."""
@@ -208,7 +208,6 @@ class ReplayBuffer(ABC):
         self._filled = len(slots)
         self._slots[:] = False
         self._slots[: self._filled] = slots
-        self._slot_sizes[:] = self._slots.sum(1)
         self._class_counts[:] = self._slots.sum(0)
         self._total = int(self._class_counts.sum())
         self._n = n_c.tolist()
@@ -222,6 +221,15 @@ class ReplayBuffer(ABC):
             f"{type(self).__name__}(capacity={self._capacity}, num_classes={self._num_classes}, "
             f"filled={self._filled}, n_seen={self._n_seen})"
         )
+
+
+def label_lists(rows: np.ndarray) -> list[list[int]]:
+    """The class indices of each row of a bool [N, M] matrix, in increasing order (one pass)."""
+    m = rows.shape[1]
+    out: list[list[int]] = [[] for _ in range(len(rows))]
+    for k in rows.ravel().nonzero()[0].tolist():
+        out[k // m].append(k % m)
+    return out
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

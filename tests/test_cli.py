@@ -1,0 +1,70 @@
+"""The command line: help, list, one-line errors, and the end-to-end run workflow."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from cml_bench.cli import main
+from cml_bench.results import CSV_COLUMNS
+
+
+def test_help_explains_the_platform(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "run" in out and "list" in out and "+ssca" in out
+
+
+def test_list_shows_strategies_heads_benchmarks(capsys):
+    assert main(["list", "-v"]) == 0
+    out = capsys.readouterr().out
+    for name in ("finetune", "ewc", "reservoir", "prs", "multitask", "synth-cocoseq", "ssca", "cos"):
+        assert name in out
+    assert "ewc_lambda = 100.0" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--strategy", "prs_reservior"], "Unknown strategy 'prs_reservior'"),
+    (["run", "--benchmark", "cocoseqq"], "Unknown benchmark 'cocoseqq'"),
+    (["run", "--strategy", "prs+sca"], "Unknown head suffix"),
+    (["run", "--set", "train.lrr=1"], "Unknown config key 'train.lrr'"),
+    (["run", "--set", "oops"], "--set expects KEY=VALUE"),
+    (["run", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["run", "--device", "cuda:7" if not __import__("torch").cuda.is_available() else "nope"], "evice"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_run_end_to_end_writes_results(tiny_layer, tmp_path):
+    """The README's main workflow at tiny scale, in a subprocess like a user would run it."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_layer))
+    cmd = [sys.executable, "-m", "cml_bench", "run", "--strategy", "prs+ssca", "--config", str(config),
+           "--out", str(tmp_path / "results"), "--seed", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    assert "| overall |" in proc.stdout and "| minority |" in proc.stdout
+    runs = list((tmp_path / "results" / "synth-cocoseq" / "prs+ssca").glob("seed1-*"))
+    assert len(runs) == 1
+    frame = pd.read_csv(runs[0] / "metrics.csv")
+    assert list(frame.columns) == CSV_COLUMNS
+    assert set(frame.eval_on) >= {"task0", "task3", "seen"}
+    assert set(frame.group) == {"all", "majority", "moderate", "minority"}
+    assert frame.value.between(-100, 100).all()
+    resolved = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    assert resolved["model"]["head"] == "ssca" and resolved["seed"] == 1
+    manifest = yaml.safe_load((runs[0] / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["wall_time_s"] > 0 and "torch" in manifest["versions"]
+    # a second run never overwrites the first
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0
+    assert len(list((tmp_path / "results" / "synth-cocoseq" / "prs+ssca").glob("seed1-*"))) == 2

@@ -1,0 +1,73 @@
+"""Config loading: typed fields, unknown keys, precedence, YAML errors, resolved config on disk."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cml_bench.config import ConfigError, EvalConfig, RunConfig, build_dataclass, load_yaml, resolve
+from cml_bench.runner import resolve_config, strategy_label
+
+
+def test_defaults_and_types():
+    config = resolve({})
+    assert isinstance(config, RunConfig)
+    assert config.train.batch_size == 10 and config.train.epochs == 1
+    assert build_dataclass(EvalConfig, {"threshold": 1}).threshold == 1.0  # int accepted for float
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"Unknown config key 'train.lrr'"):
+        resolve({"train": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match=r"Unknown config key 'modle'"):
+        resolve({"modle": {}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected an integer"):
+        resolve({"train": {"batch_size": "ten"}})
+    with pytest.raises(ConfigError, match=r"model.pretrained: expected true or false"):
+        resolve({"model": {"pretrained": "yes"}})
+
+
+def test_precedence_defaults_benchmark_yaml_cli():
+    # synth-cocoseq's defaults set resnet10t and lr 5e-4; YAML then CLI override them in turn.
+    config = resolve_config({})
+    assert config.model.backbone == "resnet10t" and config.train.lr == pytest.approx(5e-4)
+    config = resolve_config({"train": {"lr": 0.01}}, {"train": {"lr": 0.02}})
+    assert config.train.lr == pytest.approx(0.02)
+
+
+def test_head_suffix_sets_model_head_and_options_resolved():
+    config = resolve_config({"strategy": {"name": "prs+ssca"}})
+    assert config.model.head == "ssca"
+    assert strategy_label(config) == "prs+ssca"
+    assert config.strategy.options == {"buffer_size": None, "rho": None, "replay_batch_size": 10}
+    assert config.benchmark.options["scale"] == pytest.approx(0.3)
+
+
+def test_strategy_and_benchmark_options_validated():
+    with pytest.raises(ConfigError, match=r"Unknown config key 'strategy.options.lambda'"):
+        resolve_config({"strategy": {"name": "ewc", "options": {"lambda": 1.0}}})
+    with pytest.raises(ConfigError, match=r"benchmark.options.scale: expected a number"):
+        resolve_config({"benchmark": {"options": {"scale": "big"}}})
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_yaml(listy)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = resolve_config({"strategy": {"name": "ewc"}, "seed": 3})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    again = resolve_config(load_yaml(path))
+    assert again == config

@@ -1,0 +1,120 @@
+"""Registries: discovery, suggestions, heads, duplicates, broken plugins, one-file plugins."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from cml_bench.registry import BENCHMARKS, STRATEGIES, Registry, RegistryError, split_head
+
+BUILTIN = {"finetune", "ewc", "reservoir", "prs", "multitask"}
+
+
+def test_builtin_strategies_and_benchmarks_are_discovered():
+    assert BUILTIN <= set(STRATEGIES.names())
+    assert "synth-cocoseq" in BENCHMARKS.names()
+    assert STRATEGIES.names("*r*") == sorted(n for n in STRATEGIES.names() if "r" in n)
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(RegistryError) as err:
+        STRATEGIES.get("prs_reservior")
+    message = str(err.value)
+    assert "Unknown strategy 'prs_reservior'" in message and "Available:" in message
+    assert "finetune" in message and "python -m cml_bench list" in message
+    with pytest.raises(RegistryError, match="Did you mean 'reservoir'"):
+        STRATEGIES.get("resevoir")
+
+
+def test_head_suffix():
+    assert split_head("ewc+cos") == ("ewc", "cos")
+    with pytest.raises(RegistryError, match=r"Unknown head suffix '\+sca'.*Did you mean '\+ssca'"):
+        split_head("prs+sca")
+
+
+def test_duplicate_and_plus_names_rejected():
+    registry = Registry("strategy", "strategies", "cml_bench.test-none")
+    registry.register("a", object())
+    with pytest.raises(RegistryError, match="Duplicate strategy name 'a'"):
+        registry.register("a", object())
+    with pytest.raises(RegistryError, match="must not contain"):
+        registry.register("a+b", object())
+
+
+def test_broken_plugin_does_not_break_others(tmp_path, monkeypatch):
+    pkg = tmp_path / "brokenpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "fine.py").write_text(textwrap.dedent("""
+        from cml_bench.registry import Registry
+    """))
+    (pkg / "broken.py").write_text("raise ImportError('needs a package that is not installed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("strategy", "brokenpkg", "cml_bench.test-none")
+    assert registry.names() == []
+    assert "broken" in registry.broken
+    with pytest.raises(RegistryError, match="failed to import: ImportError: needs a package"):
+        registry.get("broken")
+
+
+PLUGIN = '''
+"""A strategy in one file: registers itself, adds no plugin."""
+from dataclasses import dataclass
+from cml_bench.strategy import StrategyContext, register_strategy
+
+
+@dataclass(frozen=True)
+class Options:
+    note: str = "hello"
+
+
+@register_strategy("{name}", options=Options, description="test plugin")
+def build(options: Options, ctx: StrategyContext) -> list:
+    assert ctx.meta.num_classes == 70
+    return []
+'''
+
+
+def _fresh(registry: Registry) -> None:
+    registry._discovered = False  # re-scan, as a new process would
+
+
+def test_readme_one_file_strategy_is_discovered_and_runs(tmp_path, monkeypatch, tiny_layer):
+    """The README's "Add a strategy in one file" example, dropped into the strategies folder."""
+    import re
+    from pathlib import Path
+
+    import strategies
+    from cml_bench.runner import resolve_config, run
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(# strategies/replay_fifo.py\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "replay_fifo.py").write_text(code)
+    monkeypatch.setattr(strategies, "__path__", [*strategies.__path__, str(tmp_path)])
+    _fresh(STRATEGIES)
+    try:
+        assert "fifo" in STRATEGIES.names()
+        config = resolve_config(tiny_layer, {"strategy": {"name": "fifo+ssca"}})
+        result = run(config, tmp_path / "out", log=lambda *_: None)
+        assert result.rows[0]["strategy"] == "fifo+ssca"
+        assert {r["trained_through_task"] for r in result.rows} == {0, 1, 2, 3}
+    finally:
+        STRATEGIES._entries.pop("fifo", None)
+        sys.modules.pop("strategies.replay_fifo", None)
+
+
+def test_third_party_strategy_through_entry_point(tmp_path, monkeypatch):
+    (tmp_path / "thirdparty_cl.py").write_text(PLUGIN.format(name="entry-strat"))
+    dist = tmp_path / "thirdparty_cl-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-cl\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[cml_bench.strategies]\nentry-strat = thirdparty_cl\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fresh(STRATEGIES)
+    try:
+        assert "entry-strat" in STRATEGIES.names()
+        assert STRATEGIES.get("entry-strat").description == "test plugin"
+    finally:
+        STRATEGIES._entries.pop("entry-strat", None)
+        sys.modules.pop("thirdparty_cl", None)

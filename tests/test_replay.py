@@ -1,0 +1,75 @@
+"""The online replay protocol, observed through the real Avalanche template."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from cml_bench.buffers import make_buffer
+from cml_bench.config import ModelConfig, TrainConfig
+from cml_bench.models import build_model
+from cml_bench.replay import OnlineReplayPlugin
+from cml_bench.runner import build_benchmark, resolve_config
+from cml_bench.training import MultiLabelTemplate
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from avalanche.training.plugins import SupervisedPlugin
+
+
+class Recorder(SupervisedPlugin):
+    """Records, per step, the batch the optimiser sees and the buffer size around the step."""
+
+    def __init__(self, replay: OnlineReplayPlugin):
+        super().__init__()
+        self.replay = replay
+        self.steps = []
+
+    def before_forward(self, strategy, **kwargs):
+        self.steps.append({"x": strategy.mbatch[0].clone(), "y": strategy.mbatch[1].clone(),
+                           "buffer_before": len(self.replay.buffer)})
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.steps[-1]["buffer_after"] = len(self.replay.buffer)
+
+
+def _train_one_task(tiny_layer, capacity: int):
+    config = resolve_config(tiny_layer)
+    bench = build_benchmark(config)
+    model = build_model(ModelConfig(backbone="resnet10t", feature_level=3, stem_pool=False), 70)
+    replay = OnlineReplayPlugin(make_buffer("reservoir", capacity, 70, seed=0), replay_batch_size=10)
+    recorder = Recorder(replay)
+    # the recorder runs after the replay plugin's before_training_iteration, so it sees the union
+    strategy = MultiLabelTemplate(model=model, cfg=TrainConfig(batch_size=10), device="cpu",
+                                  plugins=[replay, recorder], seed=0)
+    strategy.train(bench.train_stream[0])
+    return bench, replay, recorder
+
+
+def test_batch_is_incoming_plus_min_buffer_and_10(tiny_layer):
+    bench, replay, recorder = _train_one_task(tiny_layer, capacity=15)
+    n = len(bench.train_stream[0].dataset)
+    incoming = [min(10, n - 10 * i) for i in range(len(recorder.steps))]
+    assert sum(incoming) == n
+    for i, step in enumerate(recorder.steps):
+        replayed = min(step["buffer_before"], 10)
+        assert len(step["x"]) == incoming[i] + replayed
+        # the buffer is updated only after the step, with the incoming samples
+        assert step["buffer_after"] == min(15, step["buffer_before"] + incoming[i])
+    assert recorder.steps[0]["buffer_before"] == 0  # replay starts within the first task
+    assert len(recorder.steps[1]["x"]) == 20
+
+
+def test_replayed_samples_are_earlier_incoming_samples(tiny_layer):
+    _, replay, recorder = _train_one_task(tiny_layer, capacity=15)
+    seen = []
+    for i, step in enumerate(recorder.steps):
+        k = min(step["buffer_before"], 10)
+        n_in = len(step["x"]) - k
+        if k:
+            for image in step["x"][n_in:]:
+                assert any(torch.equal(image, old) for old in seen)
+        seen.extend(step["x"][:n_in])
+    # the memory holds exactly what the buffer says: every stored row is a stream sample
+    stored_y = replay.memory.targets[: len(replay.buffer)]
+    assert torch.equal(stored_y > 0.5, torch.as_tensor(replay.buffer.slot_labels))
