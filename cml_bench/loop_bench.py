@@ -57,21 +57,27 @@ def run_loop_bench(config: RunConfig, repeats: int = 3, task: int = 0, log=print
     num_classes = benchmark.meta.num_classes
     device = torch.device(config.device)
     result = LoopBenchResult(len(experience.dataset), [], [])
-    for r in range(repeats + 1):  # the first round warms caches and allocators, and is dropped
+    def ours() -> float:
         seed_everything(config.seed)
         model = build_model(config.model, num_classes).to(device)
         strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device, seed=config.seed)
         start = time.perf_counter()
         strategy.train(experience)
-        ours = len(experience.dataset) / (time.perf_counter() - start)
+        return len(experience.dataset) / (time.perf_counter() - start)
 
+    def bare() -> float:
         seed_everything(config.seed)
         model = build_model(config.model, num_classes).to(device)
         start = time.perf_counter()
         seen = bare_loop(model, experience.dataset, config, config.seed)
-        bare = seen / (time.perf_counter() - start)
+        return seen / (time.perf_counter() - start)
+
+    for r in range(repeats + 1):  # round 0 warms caches and allocators, and is dropped
+        # alternate which loop goes first, so that neither always inherits the other's warm state
+        first, second = (ours, bare) if r % 2 else (bare, ours)
+        timed = {first: first(), second: second()}
         if r > 0:
-            result.cml_bench_ips.append(ours)
-            result.bare_ips.append(bare)
-            log(f"  repeat {r}: cml_bench {ours:.1f} img/s, bare loop {bare:.1f} img/s")
+            result.cml_bench_ips.append(timed[ours])
+            result.bare_ips.append(timed[bare])
+            log(f"  repeat {r}: cml_bench {timed[ours]:.1f} img/s, bare loop {timed[bare]:.1f} img/s")
     return result
