@@ -68,3 +68,21 @@ def test_run_end_to_end_writes_results(tiny_layer, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0
     assert len(list((tmp_path / "results" / "synth-cocoseq" / "prs+ssca").glob("seed1-*"))) == 2
+
+
+def test_angles_command_on_a_finished_run(tiny_layer, tmp_path, capsys):
+    from cml_bench.runner import resolve_config, run
+
+    config = resolve_config(tiny_layer, {"strategy": {"name": "finetune+ssca"}})
+    result = run(config, tmp_path, log=lambda *_: None)
+    assert main(["angles", str(result.path), "--max-samples", "20"]) == 0
+    assert "median angle: positives" in capsys.readouterr().out
+    frame = pd.read_csv(result.path / "angles.csv")
+    assert len(frame) == 20 * 70 and frame.angle_deg.between(0, 180).all()
+    assert (result.path / "angles.png").stat().st_size > 10_000
+    assert (result.path / "angles_summary.csv").is_file()
+
+
+def test_angles_command_rejects_a_non_run_folder(tmp_path, capsys):
+    assert main(["angles", str(tmp_path)]) == 2
+    assert "is not a finished run folder: config.yaml is missing" in capsys.readouterr().err

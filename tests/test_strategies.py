@@ -30,3 +30,49 @@ def test_strategy_runs_with_head(name, head, tiny_layer, tmp_path):
     trained = set(frame.trained_through_task)
     assert trained == ({3} if spec.joint else {0, 1, 2, 3})
     assert (result.path / "metrics.csv").is_file() and (result.path / "model.pt").is_file()
+
+
+def test_ewc_learns_importances_from_multi_hot_targets(tiny_layer):
+    """Avalanche's EWCPlugin with our BCE criterion: non-zero Fisher, penalty in the next task."""
+    import torch
+
+    from cml_bench.models import build_model
+    from cml_bench.runner import build_benchmark
+    from cml_bench.strategy import StrategyContext
+    from cml_bench.training import MultiLabelTemplate
+
+    config = resolve_config(tiny_layer, {"strategy": {"name": "ewc"}})
+    bench = build_benchmark(config)
+    spec = STRATEGIES.get("ewc")
+    (plugin,) = spec.build(spec.options(ewc_lambda=1000.0), StrategyContext(bench.meta, config.train, 0, "cpu"))
+    model = build_model(config.model, 70)
+    strategy = MultiLabelTemplate(model=model, cfg=config.train, device="cpu", plugins=[plugin], seed=0)
+    strategy.train(bench.train_stream[0])
+    importances = plugin.importances[0]
+    total = sum(float(v.data.sum()) for v in importances.values())
+    assert total > 0
+    # EWC adds lambda * penalty to the loss in before_backward: zero at the first step of the next
+    # task (weights equal the saved ones), then positive as the weights move away.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from avalanche.training.plugins import SupervisedPlugin
+
+    losses: dict[str, list[float]] = {"before": [], "after": []}
+
+    class Probe(SupervisedPlugin):
+        def __init__(self, key: str):
+            super().__init__()
+            self.key = key
+
+        def before_backward(self, strategy, **kwargs):
+            losses[self.key].append(float(strategy.loss))
+
+    strategy.plugins.insert(0, Probe("before"))
+    strategy.plugins.append(Probe("after"))
+    strategy.train(bench.train_stream[1])
+    added = [a - b for a, b in zip(losses["after"], losses["before"])]
+    assert len(added) > 2
+    assert added[0] == pytest.approx(0.0, abs=1e-9)
+    assert all(x > 0 for x in added[1:])
