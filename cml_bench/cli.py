@@ -143,20 +143,20 @@ def _options_text(options_cls: type) -> str:
     return "\n".join(lines)
 
 
+def _print_entries(registry, verbose: bool, width: int) -> None:
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"  {name:<{width}} {spec.description}")
+        if verbose:
+            print(_options_text(spec.options))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("Strategies (add a head suffix: +ssca or +cos; options go under strategy.options):")
-    for name in STRATEGIES.names():
-        spec = STRATEGIES.get(name)
-        print(f"  {name:<12} {spec.description}")
-        if args.verbose:
-            print(_options_text(spec.options))
+    _print_entries(STRATEGIES, args.verbose, 12)
     print("\nHeads: " + ", ".join(HEADS) + " (pooled is the default)")
     print("\nBenchmarks (options go under benchmark.options):")
-    for name in BENCHMARKS.names():
-        spec = BENCHMARKS.get(name)
-        print(f"  {name:<14} {spec.description}")
-        if args.verbose:
-            print(_options_text(spec.options))
+    _print_entries(BENCHMARKS, args.verbose, 14)
     for kind, registry in (("strategy", STRATEGIES), ("benchmark", BENCHMARKS)):
         for module, err in registry.broken.items():
             print(f"\n  ! {kind} module '{module}' failed to import: {type(err).__name__}: {err}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.is_dir():  # CI clones the repo beside a copy of shared/
@@ -31,3 +32,13 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared research data not present")
     return SHARED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    # The test models are tiny: intra-op threads cost more than they save, badly so on a busy
+    # machine (a 7-image resnet10t pass: 0.8 s with 2 threads on a loaded 2-core box, 13 ms with 1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

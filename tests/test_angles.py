@@ -21,14 +21,6 @@ WEIGHTS = np.array([[2.0, 0.0], [0.0, 0.5]])
 TARGETS = np.array([[1, 0], [1, 1], [0, 1]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: on a busy machine intra-op threads cost far more than they save
-    # (a 7-image resnet10t pass took 0.8 s with 2 threads on a loaded 2-core box, 13 ms with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_shared_features_hand_computed():

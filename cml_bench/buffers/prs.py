@@ -206,16 +206,7 @@ class PRSBuffer(ReplayBuffer):
                 gained += pw[c]
         self._total += len(labels)
         self._slots[slot] = row
-        key = tuple(labels)  # _index, inlined
-        self._slot_key[slot] = key
-        if key:
-            group = self._key_slots.get(key)
-            if group is None:
-                self._key_slots[key] = [slot]
-                for c in key:
-                    self._class_keys[c].add(key)
-            else:
-                insort(group, slot)
+        self._index(slot, tuple(labels))
         return gained, lost
 
     def _extra_state(self) -> dict[str, Any]:
