@@ -198,3 +198,18 @@ def test_pretrained_with_missing_weights_file(tmp_path):
         FeatureBackbone("resnet10t", pretrained=True, weights_path=str(missing))
     with pytest.raises(PretrainedWeightsError):
         build_model(ModelConfig(**SMALL, pretrained=True, weights_path=str(missing)), 3)
+
+
+def test_pretrained_weights_from_a_local_file(tmp_path):
+    """``pretrained: true`` + ``weights_path``: how a machine without network loads ImageNet weights."""
+    import timm
+
+    from cml_bench.models import FeatureBackbone
+
+    source = timm.create_model("resnet10t", pretrained=False)
+    torch.nn.init.constant_(source.conv1[0].weight, 0.5)
+    path = tmp_path / "resnet10t.pth"
+    torch.save(source.state_dict(), path)
+    backbone = FeatureBackbone("resnet10t", pretrained=True, feature_level=3, stem_pool=False,
+                               weights_path=str(path))
+    assert torch.all(backbone.body.conv1[0].weight == 0.5)

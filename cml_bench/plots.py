@@ -1,0 +1,126 @@
+"""Leaderboard plots (PNG): the stream curve, the task x task mAP matrices, the per-group final mAP.
+
+Every function takes the long frame of :func:`cml_bench.leaderboard.load_results` (newest run per
+seed only) and writes one PNG. Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg
+canvas rather than through pyplot, so importing or calling this module changes no global
+matplotlib state (backend, open figures) of the caller.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from cml_bench.leaderboard import accuracy_matrix, final_results, latest_runs, strategy_order
+
+GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
+
+
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width, height), layout="constrained", dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(nrows, ncols, squeeze=False).flat)
+
+
+def _palette(strategies: list[str]) -> dict[str, tuple]:
+    # tab20 pairs a dark and a light shade of each hue; taking the dark ones first keeps up to 10
+    # strategies in clearly different colours and the next 10 still distinguishable.
+    if len(strategies) <= 10:
+        colours = sns.color_palette("tab10", len(strategies))
+    elif len(strategies) <= 20:
+        tab20 = sns.color_palette("tab20", 20)
+        colours = (tab20[0::2] + tab20[1::2])[: len(strategies)]
+    else:
+        colours = sns.color_palette("husl", len(strategies))
+    return dict(zip(strategies, colours))
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+
+
+def plot_stream(df: pd.DataFrame, path: str | Path) -> None:
+    """mAP on the union of the seen tasks (all classes) after each task, one line per strategy,
+    mean over seeds with a +-1 sd band (one panel per benchmark)."""
+    d = latest_runs(df)
+    d = d[(d["eval_on"] == "seen") & (d["group"] == "all") & (d["metric"] == "mAP")]
+    if d.empty:
+        raise ValueError("Nothing to plot: no mAP rows with eval_on = seen and group = all.")
+    benchmarks = sorted(d["benchmark"].unique())
+    strategies = strategy_order(d["strategy"])
+    fig, axes = _figure(4.5 * len(benchmarks) + 2.2, max(3.8, 0.26 * len(strategies)), 1, len(benchmarks))
+    for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
+        # markers: a strategy evaluated only once (multitask, after the last task) is still visible
+        sns.lineplot(data=d[d["benchmark"] == bench], x="trained_through_task", y="value",
+                     hue="strategy", hue_order=strategies, palette=_palette(strategies),
+                     style="strategy", style_order=strategies, markers=True, dashes=False,
+                     errorbar="sd", err_style="band", ax=ax, legend=i == len(benchmarks) - 1)
+        tasks = sorted(d["trained_through_task"].unique())
+        ax.set_xticks(tasks, [str(t) for t in tasks])
+        ax.set(title=bench, xlabel="after training through task", ylabel="mAP on all seen tasks (%)")
+        ax.grid(alpha=0.3)
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="strategy (mean ± sd)",
+                    frameon=False)
+    _save(fig, path)
+
+
+def plot_matrix(df: pd.DataFrame, path: str | Path) -> None:
+    """Task x task heatmaps of mAP (mean over seeds) on task j after task i, one small panel per
+    (benchmark, strategy), on one shared colour scale."""
+    m = accuracy_matrix(df)
+    if m.empty:
+        raise ValueError("Nothing to plot: no per-task mAP rows (eval_on = task<j>, group = all).")
+    panels = [(b, s) for b in sorted(m["benchmark"].unique())
+              for s in strategy_order(m.loc[m["benchmark"] == b, "strategy"])]
+    tasks = range(int(max(m["task"].max(), m["trained_through_task"].max())) + 1)
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    side = 0.55 * len(tasks) + 1.3
+    fig, axes = _figure(side * ncols + 1.0, (side + 0.3) * nrows, nrows, ncols)
+    norm = Normalize(0, max(10.0, math.ceil(m["mAP_mean"].max() / 10) * 10))
+    for ax, (bench, strategy) in zip(axes, panels):
+        sub = m[(m["benchmark"] == bench) & (m["strategy"] == strategy)]
+        grid = sub.pivot(index="trained_through_task", columns="task", values="mAP_mean")
+        grid = grid.reindex(index=tasks, columns=tasks)
+        sns.heatmap(grid, ax=ax, annot=True, fmt=".1f", annot_kws={"size": 7}, cmap="viridis",
+                    norm=norm, cbar=False, square=True, linewidths=0.5, linecolor="white")
+        ax.set_title(strategy if len({b for b, _ in panels}) == 1 else f"{strategy}\n{bench}", fontsize=9)
+        ax.set_xlabel("evaluated on task", fontsize=8)
+        ax.set_ylabel("after task", fontsize=8)
+        ax.tick_params(labelsize=8, rotation=0)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=axes, shrink=0.8 if nrows > 1 else 1.0,
+                 label="mAP (%), mean over seeds")
+    _save(fig, path)
+
+
+def plot_groups(df: pd.DataFrame, path: str | Path) -> None:
+    """Final mAP per class group (majority / moderate / minority / overall) as grouped bars per
+    strategy: mean over seeds, +-1 sd error bars (one row of panels per benchmark)."""
+    d = final_results(df)
+    d = d[(d["metric"] == "mAP") & d["group"].isin(list(GROUP_LABELS))]
+    if d.empty:
+        raise ValueError("Nothing to plot: no final mAP rows (last task, eval_on = seen).")
+    d = d.assign(group=d["group"].map(GROUP_LABELS))
+    benchmarks = sorted(d["benchmark"].unique())
+    most = max(d.loc[d["benchmark"] == b, "strategy"].nunique() for b in benchmarks)
+    fig, axes = _figure(max(6.0, 0.75 * most + 2.5), 3.8 * len(benchmarks), len(benchmarks), 1)
+    for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
+        sub = d[d["benchmark"] == bench]
+        sns.barplot(data=sub, x="strategy", y="value", order=strategy_order(sub["strategy"]),
+                    hue="group", hue_order=list(GROUP_LABELS.values()), palette="colorblind",
+                    errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax, legend=i == 0)
+        ax.set(title=bench, xlabel="", ylabel="final mAP (%)")
+        ax.grid(axis="y", alpha=0.3)
+        for label in ax.get_xticklabels():  # long names like "reservoir+ssca" must not overlap
+            label.set(rotation=35, ha="right", rotation_mode="anchor")
+    sns.move_legend(axes[0], "upper left", bbox_to_anchor=(1.01, 1), title="classes", frameon=False)
+    _save(fig, path)
