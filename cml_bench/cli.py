@@ -56,17 +56,48 @@ def _cli_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
     from cml_bench.config import merge
-    from cml_bench.runner import resolve_config, run
+    from cml_bench.results import find_finished, summary_table
+    from cml_bench.runner import resolve_config, run, strategy_label
 
     file_layer = load_yaml(args.config) if args.config else {}
-    config = resolve_config(file_layer, merge(_parse_set(args.set), _cli_layer(args)))
-    result = run(config, args.out, log=print)
-    print()
-    print(f"{result.rows[0]['strategy']} on {config.benchmark.name}, seed {config.seed}: after the last "
-          f"task, on the test sets of all tasks ({result.wall_time_s:.0f} s)")
-    print(result.summary)
-    print(f"\nResults: {result.path}/metrics.csv (config, manifest and summary beside it)")
+    cli_layer = merge(_parse_set(args.set), _cli_layer(args))
+    names = [n.strip() for n in args.strategy.split(",")] if args.strategy else [None]
+    # resolve every (strategy, seed) first, so a typo in the last name fails before any training
+    configs = []
+    for name in names:
+        layer = merge(cli_layer, {"strategy": {"name": name}}) if name else cli_layer
+        config = resolve_config(file_layer, layer)
+        for k in range(args.seeds or 1):
+            configs.append(resolve_config(file_layer, layer, {"seed": config.seed + k}))
+    for config in configs:
+        label = strategy_label(config)
+        done = None if args.rerun else find_finished(args.out, config, label)
+        if done is not None:
+            print(f"{label} on {config.benchmark.name}, seed {config.seed}: already done with this "
+                  f"config, skipped ({done}; --rerun runs it again)")
+            summary = summary_table(pd.read_csv(Path(done) / "metrics.csv"))
+        else:
+            result = run(config, args.out, log=print)
+            print(f"\n{label} on {config.benchmark.name}, seed {config.seed}: after the last task, on the "
+                  f"test sets of all tasks ({result.wall_time_s:.0f} s)")
+            summary = result.summary
+            done = result.path
+        print(summary)
+        print(f"\nResults: {done}/metrics.csv (config, manifest and summary beside it)\n")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from cml_bench.leaderboard import write_leaderboard
+
+    print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare))
+    where = args.out or args.results_dir
+    print(f"\nWrote leaderboard.md / .csv / .tex, accuracy_matrix.csv and plot_*.png to {where}")
     return 0
 
 
@@ -175,13 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description=textwrap.dedent("""\
         Train a strategy on a benchmark, evaluating after every task, and write a run folder
-        (config.yaml, manifest.json, metrics.csv, summary.md) under --out. Settings come from,
+        (config.yaml, manifest.json, metrics.csv, summary.md) under --out; a (strategy, seed) whose
+        finished run with the same resolved config is already there is skipped. Settings come from,
         in increasing precedence: built-in defaults, the benchmark's defaults, --config FILE.yaml,
         --set KEY=VALUE, and the flags below."""))
-    run.add_argument("--strategy", help="strategy name, optionally with a head suffix (e.g. prs+ssca); "
-                                        "default finetune")
+    run.add_argument("--strategy", help="strategy name, optionally with a head suffix (e.g. prs+ssca), or a "
+                                        "comma-separated list; default finetune")
     run.add_argument("--benchmark", help="benchmark name (default synth-cocoseq, the embedded one)")
     run.add_argument("--seed", type=int, help="seed of data order, model init and buffer choices (default 0)")
+    run.add_argument("--seeds", type=int, metavar="N", help="run N seeds: --seed, --seed + 1, ...")
+    run.add_argument("--rerun", action="store_true",
+                     help="run even if a finished run with the same resolved config exists (default: skip it)")
     run.add_argument("--config", metavar="FILE.yaml", help="YAML with sections benchmark, strategy, "
                                                            "model, train, eval")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -197,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats of each loop (default 3)")
     bench.add_argument("--device", help="cpu or cuda (default cpu)")
     bench.set_defaults(func=cmd_bench_loop)
+
+    board = sub.add_parser("leaderboard", help="mean ± std over seeds of every strategy in a results folder")
+    board.add_argument("results_dir", help="a folder of run folders (e.g. results)")
+    board.add_argument("--out", help="where to write the tables and plots (default: results_dir)")
+    board.add_argument("--compare", action="store_true",
+                       help="add the paper's published rows (COCOseq, NUS-WIDEseq only)")
+    board.set_defaults(func=cmd_leaderboard)
 
     angles = sub.add_parser("angles", help="angle diagnostics of a finished run (paper Fig. 8)")
     angles.add_argument("run_dir", help="a run folder written by `run` (holds config.yaml and model.pt)")

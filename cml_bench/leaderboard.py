@@ -21,6 +21,7 @@ from cml_bench.results import CSV_COLUMNS, GROUP_ORDER
 METRICS = ("CF1", "OF1", "mAP")
 GROUPS = tuple(GROUP_ORDER)  # majority, moderate, minority, all ("overall" in tables and plots)
 STATS = ("mean", "std", "n")
+GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
 REFERENCE_PREFIX = "paper: "  # strategy label of a published (reference) row; never ranked
 _STRATEGY_ORDER = ("multitask", "finetune", "ewc", "reservoir", "prs")  # the paper's row order
 _RUN_NAME = re.compile(r"^seed-?\d+-(\d{8}-\d{6})(?:-(\d+))?$")
@@ -79,7 +80,7 @@ def _read_metrics(path: Path) -> pd.DataFrame:
         raise bad(f"missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}")
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise bad(f"line {line} has {len(row)} fields, expected {len(header)}")
+            raise bad(f"line {line} has {len(row)} field(s), expected {len(header)}")
     frame = pd.read_csv(io.StringIO(text))
     if frame.empty:
         raise bad("it has a header but no rows")
@@ -144,15 +145,21 @@ def final_results(df: pd.DataFrame) -> pd.DataFrame:
 def strategy_order(names: Iterable[str]) -> list[str]:
     """Strategies in the paper's row order (multitask, finetune, ewc, reservoir, prs), heads after
     their base strategy, unknown ones alphabetically after, reference rows last."""
+    paper = list(PAPER_RESULTS["cocoseq"])
+
     def key(name: str) -> tuple:
+        if name.startswith(REFERENCE_PREFIX):  # published rows in the paper's own order
+            label = name[len(REFERENCE_PREFIX):]
+            return (True, paper.index(label) if label in paper else len(paper), 0, label)
         base = name.split("+")[0]
         rank = _STRATEGY_ORDER.index(base) if base in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
-        return (name.startswith(REFERENCE_PREFIX), rank, base, name)
+        return (False, rank, base, name)
     return sorted(set(names), key=key)
 
 
 def _sorted_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows by benchmark, then :func:`strategy_order`, then the remaining index levels."""
+    """Rows by benchmark, then :func:`strategy_order`, then the remaining index levels (for display:
+    the frames returned to callers stay lexically sorted, which pandas needs for fast ``.loc``)."""
     rank = {s: i for i, s in enumerate(strategy_order(table.index.get_level_values("strategy")))}
     return table.sort_index(key=lambda level: level.map(rank) if level.name == "strategy" else level)
 
@@ -164,7 +171,7 @@ def final_table(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
     Columns are a MultiIndex (group, metric, stat) with stat in mean, std (sample std, ddof=1; NaN
     when n = 1) and n (seeds with a value). If one (benchmark, strategy, seed) has several runs,
     only the newest (by the timestamp in its folder name, then its ``-n`` suffix) is used; see
-    :func:`superseded_runs`. Rows in :func:`strategy_order`.
+    :func:`superseded_runs`. Rows sorted lexically; the renderers use :func:`strategy_order`.
     """
     final = final_results(df)
     final = final[final["metric"].isin(metrics) & final["group"].isin(groups)]
@@ -173,7 +180,7 @@ def final_table(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
     table = stats.unstack(["group", "metric"]).reorder_levels([1, 2, 0], axis=1)
     columns = pd.MultiIndex.from_tuples([(g, m, s) for g in groups for m in metrics for s in STATS],
                                         names=["group", "metric", "stat"])
-    return _sorted_rows(table.reindex(columns=columns))
+    return table.reindex(columns=columns)
 
 
 def per_seed_table(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
@@ -186,7 +193,7 @@ def per_seed_table(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
     wide = wide.unstack(["group", "metric"])
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples([(g, m) for g in groups for m in metrics],
                                                           names=["group", "metric"]))
-    return _sorted_rows(wide)
+    return wide.sort_index()
 
 
 def compare_rows(benchmark_name: str) -> pd.DataFrame:
@@ -214,36 +221,31 @@ def accuracy_matrix(df: pd.DataFrame) -> pd.DataFrame:
     d = latest_runs(df)
     d = d[(d["metric"] == "mAP") & (d["group"] == "all") & d["eval_on"].str.startswith("task")]
     d = d.assign(task=d["eval_on"].str.removeprefix("task").astype(int))
-    out = (d.groupby(["benchmark", "strategy", "trained_through_task", "task"])["value"]
-           .agg(mAP_mean="mean", mAP_std="std", n="count").reset_index())
-    return out
-
-
-def _label(group: str) -> str:
-    return "overall" if group == "all" else group
+    return (d.groupby(["benchmark", "strategy", "trained_through_task", "task"])["value"]
+            .agg(mAP_mean="mean", mAP_std="std", n="count").reset_index())
 
 
 def _render(table: pd.DataFrame, tex: bool, n_note: bool = True) -> str:
     """Markdown or LaTeX body of :func:`to_markdown` / :func:`to_latex` (shared layout rules)."""
-    pm, blocks = (r" $\pm$ " if tex else " ± "), []
+    pm, dash, blocks = (r" $\pm$ ", "--", []) if tex else (" ± ", "–", [])
+    esc = (lambda s: re.sub(r"([&%$#_{}])", r"\\\1", s)) if tex else (lambda s: s)
     pairs = list(dict.fromkeys((g, m) for g, m, _ in table.columns))
     for bench in table.index.unique("benchmark"):
-        sub = table.loc[bench]
+        sub = _sorted_rows(table.loc[[bench]]).loc[bench]
         ours = [s for s in sub.index if not s.startswith(REFERENCE_PREFIX)]
         best = {}
-        for p in pairs:  # best by the displayed (rounded) mean, so ties are all bold
+        for p in pairs:  # by the displayed (rounded) mean: ties are all bold, unless all tie
             means = sub.loc[ours, (*p, "mean")].round(1).dropna()
-            best[p] = means.max() if len(means) > 1 else None
+            best[p] = means.max() if means.nunique() > 1 else None
         row_n = sub.xs("n", axis=1, level="stat").max(axis=1)
         seeds = set(row_n[ours].dropna().astype(int))
         n_col = not n_note or len(seeds) > 1
-        esc = (lambda s: re.sub(r"([&%$#_{}])", r"\\\1", s)) if tex else (lambda s: s)
         lines = []
         for strategy, row in sub.iterrows():
             cells = []
             for g, m in pairs:
                 mean, std, n = row[(g, m, "mean")], row[(g, m, "std")], row[(g, m, "n")]
-                text = "–" if pd.isna(mean) else f"{mean:.1f}" + ("" if pd.isna(std) else f"{pm}{std:.1f}")
+                text = dash if pd.isna(mean) else f"{mean:.1f}" + ("" if pd.isna(std) else f"{pm}{std:.1f}")
                 if not pd.isna(n) and n < row_n[strategy]:
                     text += f" (n={int(n)})"  # a seed without this value: say so in the cell
                 if strategy in ours and best[(g, m)] is not None and round(mean, 1) == best[(g, m)]:
@@ -253,20 +255,20 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True) -> str:
             lines.append([esc(strategy), *cells] + ([n] if n_col or tex else []))
         notes = ["Final results (after the last task, on the union of all tasks' test sets): mean"
                  f"{pm}sample std over seeds; bold: best mean per column."]
-        if not n_col and not tex:
+        if not n_col and seeds and not tex:
             notes.append(f"n = {seeds.pop()} seed(s) for every strategy.")
         if len(ours) < len(sub):
-            notes.append(f'Rows "{REFERENCE_PREFIX}..." are published numbers (DLFL paper, Tables 7 and 8:'
-                         " ResNet-101 at 256 px on the real datasets, mean of 5 runs, std not"
-                         " published; PRS* = DLFL's re-run of PRS, Ours + PRS = PRS with SSCA);"
-                         " for reference only, never bold.")
-        blocks.append(_tex_block(bench, pairs, lines, len(ours), notes) if tex
+            notes.append(f"Rows labelled {REFERENCE_PREFIX}... are published numbers (DLFL paper,"
+                         " Tables 7 and 8: ResNet-101 at 256 px on the real datasets, mean of"
+                         f" {PAPER_RUNS} runs, std not published; PRS* = DLFL's re-run of PRS,"
+                         " Ours + PRS = PRS with SSCA); for reference only, never bold.")
+        blocks.append(_tex_block(esc(bench), pairs, lines, len(ours), notes) if tex
                       else _md_block(bench, pairs, lines, n_col, notes))
     return "\n\n".join(blocks) + "\n"
 
 
 def _md_block(bench: str, pairs: list, lines: list, n_col: bool, notes: list) -> str:
-    head = ["strategy"] + [f"{_label(g)} {m}" for g, m in pairs] + (["n"] if n_col else [])
+    head = ["strategy"] + [f"{GROUP_LABELS.get(g, g)} {m}" for g, m in pairs] + (["n"] if n_col else [])
     out = [f"### {bench}", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
     return "\n".join(out + [""] + notes)
@@ -277,11 +279,11 @@ def _tex_block(bench: str, pairs: list, lines: list, n_ours: int, notes: list) -
     widths = [sum(1 for g2, _ in pairs if g2 == g) for g in groups]
     spans, rules, col = [], [], 2
     for g, w in zip(groups, widths):
-        spans.append(rf"\multicolumn{{{w}}}{{c}}{{{_label(g)}}}")
+        spans.append(rf"\multicolumn{{{w}}}{{c}}{{{GROUP_LABELS.get(g, g)}}}")
         rules.append(rf"\cmidrule(lr){{{col}-{col + w - 1}}}")
         col += w
     out = ["% requires \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
-           rf"\caption{{{bench}: {' '.join(notes)}}}".replace("_", r"\_"),
+           rf"\caption{{{bench}: {' '.join(notes)}}}",
            r"\begin{tabular}{l" + "r" * len(pairs) + "r}", r"\toprule",
            " & ".join([""] + spans + [""]) + r" \\", " ".join(rules),
            " & ".join(["Strategy"] + [m for _, m in pairs] + ["$n$"]) + r" \\", r"\midrule"]
@@ -297,7 +299,7 @@ def to_markdown(table: pd.DataFrame, n_note: bool = True) -> str:
 
     Rows: strategies; columns: majority / moderate / minority / overall x metrics. Cells "mean ± std"
     (one decimal; "mean" alone when n = 1 or std is unknown); the best mean per column (rows
-    labelled ``"paper: ..."`` excluded; only when two or more rows compete) in bold. The number of
+    labelled ``"paper: ..."`` excluded; none when all rows tie) in bold. The number of
     seeds is a note when every strategy has the same n and ``n_note``, otherwise an "n" column.
     """
     return _render(table, tex=False, n_note=n_note)
@@ -334,18 +336,16 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     table = final_table(df)
     if compare:
         refs = [compare_rows(b).reindex(columns=table.columns) for b in table.index.unique(0)]
-        table = pd.concat([table] + [r for r in refs if len(r)])
-    table = _sorted_rows(table)
+        table = pd.concat([table] + [r for r in refs if len(r)]).sort_index()
     parts = [_flat(per_seed_table(df), "seed")]
     parts += [_flat(table.xs(s, axis=1, level="stat"), s) for s in STATS]
     flat = pd.concat(parts, ignore_index=True)
-    flat["reference"] = flat["strategy"].str.startswith(REFERENCE_PREFIX)
-    rank = {k: i for i, k in enumerate(table.index)}
-    flat["_pos"] = [rank[(b, s)] for b, s in zip(flat["benchmark"], flat["strategy"])]
-    flat["_row"] = flat["row"].map({"seed": 0, "mean": 1, "std": 2, "n": 3})
-    flat = flat.sort_values(["_pos", "_row", "seed"], kind="stable").drop(columns=["_pos", "_row"])
+    flat = flat.assign(reference=flat["strategy"].str.startswith(REFERENCE_PREFIX),
+                       seed=flat["seed"].astype("Int64"), order=flat["row"].map(["seed", *STATS].index))
+    flat = _sorted_rows(flat.set_index(["benchmark", "strategy", "order", "seed"])).reset_index()
     lead = ["benchmark", "strategy", "row", "seed", "run", "reference"]
-    flat[lead + [c for c in flat.columns if c not in lead]].to_csv(out / "leaderboard.csv", index=False)
+    flat = flat[lead + [c for c in flat.columns if c not in lead + ["order"]]]
+    flat.to_csv(out / "leaderboard.csv", index=False, float_format="%.10g")  # n as 3, not 3.0
     accuracy_matrix(df).to_csv(out / "accuracy_matrix.csv", index=False)
     plots.plot_stream(df, out / "plot_stream.png")
     plots.plot_matrix(df, out / "plot_matrix.png")

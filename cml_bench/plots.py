@@ -17,9 +17,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from cml_bench.leaderboard import accuracy_matrix, final_results, latest_runs, strategy_order
-
-GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
+from cml_bench.leaderboard import (GROUP_LABELS, accuracy_matrix, final_results, latest_runs,
+                                   strategy_order)
 
 
 def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, list]:
@@ -48,7 +47,9 @@ def _save(fig: Figure, path: str | Path) -> None:
 
 def plot_stream(df: pd.DataFrame, path: str | Path) -> None:
     """mAP on the union of the seen tasks (all classes) after each task, one line per strategy,
-    mean over seeds with a +-1 sd band (one panel per benchmark)."""
+    mean over seeds with +-1 sd error bars (one panel per benchmark). Bars rather than bands: with
+    many strategies overlapping bands hide each other, and a strategy evaluated once (multitask)
+    has no band at all."""
     d = latest_runs(df)
     d = d[(d["eval_on"] == "seen") & (d["group"] == "all") & (d["metric"] == "mAP")]
     if d.empty:
@@ -61,7 +62,8 @@ def plot_stream(df: pd.DataFrame, path: str | Path) -> None:
         sns.lineplot(data=d[d["benchmark"] == bench], x="trained_through_task", y="value",
                      hue="strategy", hue_order=strategies, palette=_palette(strategies),
                      style="strategy", style_order=strategies, markers=True, dashes=False,
-                     errorbar="sd", err_style="band", ax=ax, legend=i == len(benchmarks) - 1)
+                     errorbar="sd", err_style="bars", err_kws={"capsize": 3, "elinewidth": 1},
+                     ax=ax, legend=i == len(benchmarks) - 1)
         tasks = sorted(d["trained_through_task"].unique())
         ax.set_xticks(tasks, [str(t) for t in tasks])
         ax.set(title=bench, xlabel="after training through task", ylabel="mAP on all seen tasks (%)")

@@ -102,6 +102,21 @@ def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Ite
         raise
 
 
+def find_finished(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
+    """The newest finished run under ``out`` with exactly this resolved config, if any."""
+    import yaml
+
+    parent = Path(out) / config.benchmark.name / strategy_label
+    wanted = config.to_dict()
+    for path in sorted(parent.glob(f"seed{config.seed}-*"), reverse=True):
+        try:
+            if (path / "metrics.csv").is_file() and yaml.safe_load((path / "config.yaml").read_text()) == wanted:
+                return path
+        except (OSError, yaml.YAMLError):
+            continue  # an unreadable folder is not a finished run of this config
+    return None
+
+
 def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] = ("CF1", "OF1", "mAP")) -> str:
     """Groups x metrics after the last task on the union of all test sets, as a Markdown table."""
     if frame.empty:

@@ -64,8 +64,11 @@ def test_run_end_to_end_writes_results(tiny_layer, tmp_path):
     assert resolved["model"]["head"] == "ssca" and resolved["seed"] == 1
     manifest = yaml.safe_load((runs[0] / "manifest.json").read_text())
     assert manifest["seed"] == 1 and manifest["wall_time_s"] > 0 and "torch" in manifest["versions"]
-    # a second run never overwrites the first
+    # the same command again skips the finished run; --rerun makes a second folder, never overwriting
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "already done with this config, skipped" in proc.stdout
+    assert len(list((tmp_path / "results" / "synth-cocoseq" / "prs+ssca").glob("seed1-*"))) == 1
+    proc = subprocess.run(cmd + ["--rerun"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0
     assert len(list((tmp_path / "results" / "synth-cocoseq" / "prs+ssca").glob("seed1-*"))) == 2
 
@@ -86,3 +89,29 @@ def test_angles_command_on_a_finished_run(tiny_layer, tmp_path, capsys):
 def test_angles_command_rejects_a_non_run_folder(tmp_path, capsys):
     assert main(["angles", str(tmp_path)]) == 2
     assert "is not a finished run folder: config.yaml is missing" in capsys.readouterr().err
+
+
+def test_seeds_and_strategy_lists_skip_finished_runs(tiny_layer, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_layer))
+    argv = ["run", "--config", str(config), "--out", str(tmp_path), "--strategy", "finetune,finetune+cos",
+            "--seeds", "2"]
+    assert main(argv) == 0
+    runs = sorted(p.parent.name + "/" + p.name.split("-")[0] for p in tmp_path.glob("synth-cocoseq/*/seed*"))
+    assert runs == ["finetune+cos/seed0", "finetune+cos/seed1", "finetune/seed0", "finetune/seed1"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already done with this config, skipped") == 4
+    assert len(list(tmp_path.glob("synth-cocoseq/*/seed*"))) == 4
+
+
+def test_same_seed_gives_identical_metrics(tiny_layer, tmp_path):
+    from cml_bench.runner import resolve_config, run
+
+    config = resolve_config(tiny_layer, {"strategy": {"name": "prs+ssca"}, "seed": 4})
+    first = run(config, tmp_path / "a", log=lambda *_: None)
+    second = run(config, tmp_path / "b", log=lambda *_: None)
+    assert first.rows == second.rows
+    other = run(resolve_config(tiny_layer, {"strategy": {"name": "prs+ssca"}, "seed": 5}), tmp_path / "c",
+                log=lambda *_: None)
+    assert [r["value"] for r in other.rows] != [r["value"] for r in first.rows]
