@@ -143,11 +143,13 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     from cml_bench.loop_bench import run_loop_bench
     from cml_bench.runner import resolve_config
 
-    layer = {"strategy": {"name": "finetune"}}
+    from cml_bench.config import merge
+
+    layer = merge({"strategy": {"name": "finetune"}}, _parse_set(args.set))
     if args.benchmark:
-        layer["benchmark"] = {"name": args.benchmark}
+        layer = merge(layer, {"benchmark": {"name": args.benchmark}})
     if args.batch_size:
-        layer["train"] = {"batch_size": args.batch_size}
+        layer = merge(layer, {"train": {"batch_size": args.batch_size}})
     config = resolve_config(layer, {"device": args.device or "cpu"})
     print(f"Training loop cost on {config.benchmark.name}, task 0, {config.model.backbone} "
           f"({config.model.head} head), batch {config.train.batch_size}, {args.repeats} repeats "
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, help="incoming batch size (default: the protocol's 10)")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats of each loop (default 3)")
     bench.add_argument("--device", help="cpu or cuda (default cpu)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set model.head=ssca (repeatable)")
     bench.set_defaults(func=cmd_bench_loop)
 
     board = sub.add_parser("leaderboard", help="mean ± std over seeds of every strategy in a results folder")

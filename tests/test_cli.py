@@ -115,3 +115,11 @@ def test_same_seed_gives_identical_metrics(tiny_layer, tmp_path):
     other = run(resolve_config(tiny_layer, {"strategy": {"name": "prs+ssca"}, "seed": 5}), tmp_path / "c",
                 log=lambda *_: None)
     assert [r["value"] for r in other.rows] != [r["value"] for r in first.rows]
+
+
+def test_bench_loop_prints_both_throughputs_and_ratio(tiny_layer, capsys):
+    options = tiny_layer["benchmark"]["options"]
+    sets = [f"--set=benchmark.options.{k}={v}" for k, v in options.items()]
+    assert main(["bench-loop", "--repeats", "1", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "cml_bench loop:" in out and "bare PyTorch loop:" in out and "ratio cml_bench / bare:" in out
