@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from cml_bench.config import ConfigError, RunConfig, build_dataclass, resolve
 from cml_bench.evaluator import Evaluator
 from cml_bench.models import build_model
-from cml_bench.registry import BENCHMARKS, STRATEGIES, split_head
+from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
 from cml_bench.results import manifest, summary_table, write_run
 from cml_bench.strategy import StrategyContext, StrategySpec
 from cml_bench.stream import BenchmarkSpec, MultiLabelBenchmark, joint_experience
@@ -40,6 +40,8 @@ def resolve_config(*layers: Mapping[str, Any]) -> RunConfig:
     config = resolve(dict(bench_spec.defaults), *layers)
     if "+" in config.strategy.name:
         config.model.head = head
+    if config.model.head not in HEADS:
+        raise ConfigError(f"Unknown model.head '{config.model.head}'. Available: {', '.join(HEADS)}.")
     bench_options = build_dataclass(bench_spec.options, config.benchmark.options, "benchmark.options")
     strategy_options = build_dataclass(strategy_spec.options, config.strategy.options, "strategy.options")
     config.benchmark.options = dataclasses.asdict(bench_options)

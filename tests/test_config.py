@@ -52,6 +52,11 @@ def test_strategy_and_benchmark_options_validated():
         resolve_config({"benchmark": {"options": {"scale": "big"}}})
 
 
+def test_unknown_head_in_yaml():
+    with pytest.raises(ConfigError, match=r"Unknown model.head 'attn'. Available: pooled, cos, ssca"):
+        resolve_config({"model": {"head": "attn"}})
+
+
 def test_yaml_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(tmp_path / "missing.yaml")
