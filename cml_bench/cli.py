@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"config, skipped ({done}; --rerun runs it again)")
             summary = summary_table(pd.read_csv(Path(done) / "metrics.csv"))
         else:
-            result = run(config, args.out, log=print)
+            result = run(config, args.out, log=print, resume=args.resume)
             print(f"\n{label} on {config.benchmark.name}, seed {config.seed}: after the last task, on the "
                   f"test sets of all tasks ({result.wall_time_s:.0f} s)")
             summary = result.summary
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--benchmark", help="benchmark name (default synth-cocoseq, the embedded one)")
     run.add_argument("--seed", type=int, help="seed of data order, model init and buffer choices (default 0)")
     run.add_argument("--seeds", type=int, metavar="N", help="run N seeds: --seed, --seed + 1, ...")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run of the same config after its last finished task")
     run.add_argument("--rerun", action="store_true",
                      help="run even if a finished run with the same resolved config exists (default: skip it)")
     run.add_argument("--config", metavar="FILE.yaml", help="YAML with sections benchmark, strategy, "

@@ -40,6 +40,8 @@ class ReplayMemory:
 
     def read(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.images is not None and self.targets is not None
+        if self.images.device != slots.device:  # restored from a checkpoint loaded on the CPU
+            self.images, self.targets = self.images.to(slots.device), self.targets.to(slots.device)
         return self.images[slots], self.targets[slots]
 
     def state_dict(self) -> dict[str, Any]:

@@ -68,52 +68,81 @@ def manifest(config: RunConfig, wall_time_s: float, extra: dict[str, Any] | None
     return info
 
 
-def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Iterable[dict[str, Any]],
-              info: dict[str, Any], model_state: dict[str, Any] | None = None) -> Path:
-    """Write a complete run folder atomically and return its final path.
-
-    ``model_state`` (the final weights) is saved as ``model.pt`` for diagnostics such as
-    ``python -m cml_bench angles RUN_DIR``.
-    """
+def start_run(out: str | Path, config: RunConfig, strategy_label: str) -> Path:
+    """Create the hidden staging folder of a new run (with its resolved config) and return it."""
     parent = Path(out) / config.benchmark.name / strategy_label
     parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    staging = Path(parent / f".partial-seed{config.seed}-{stamp}-{os.getpid()}")
+    staging = parent / f".partial-seed{config.seed}-{stamp}-{os.getpid()}"
     staging.mkdir()
+    dump_yaml(config, staging / "config.yaml")
+    return staging
+
+
+def finish_run(staging: Path, config: RunConfig, rows: Iterable[dict[str, Any]], info: dict[str, Any],
+               model_state: dict[str, Any] | None = None) -> Path:
+    """Write the results into ``staging`` and rename it into place; return the final folder.
+
+    ``model_state`` (the final weights) is saved as ``model.pt`` for diagnostics such as
+    ``python -m cml_bench angles RUN_DIR``. The checkpoint, no longer needed, is removed.
+    """
+    (staging / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+    frame = pd.DataFrame(list(rows), columns=CSV_COLUMNS)
+    frame.to_csv(staging / "metrics.csv", index=False)
+    (staging / "summary.md").write_text(summary_table(frame) + "\n")
+    if model_state is not None:
+        torch.save(model_state, staging / "model.pt")
+    for leftover in ("checkpoint.pt", "checkpoint.json"):
+        (staging / leftover).unlink(missing_ok=True)
+    stamp = staging.name.split("-", 2)[2].rsplit("-", 1)[0]  # .partial-seed<k>-<stamp>-<pid>
+    for n in range(1000):
+        final = staging.parent / (f"seed{config.seed}-{stamp}" + (f"-{n}" if n else ""))
+        if final.exists():
+            continue
+        try:
+            staging.rename(final)  # never onto an existing run
+            return final
+        except OSError:
+            if not final.exists():
+                raise
+    raise FileExistsError(f"Could not find a free run folder name under {staging.parent}.")
+
+
+def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Iterable[dict[str, Any]],
+              info: dict[str, Any], model_state: dict[str, Any] | None = None) -> Path:
+    """Write a complete run folder atomically (staged, then renamed) and return its final path."""
+    staging = start_run(out, config, strategy_label)
     try:
-        dump_yaml(config, staging / "config.yaml")
-        (staging / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
-        frame = pd.DataFrame(list(rows), columns=CSV_COLUMNS)
-        frame.to_csv(staging / "metrics.csv", index=False)
-        (staging / "summary.md").write_text(summary_table(frame) + "\n")
-        if model_state is not None:
-            torch.save(model_state, staging / "model.pt")
-        for n in range(1000):
-            final = parent / (f"seed{config.seed}-{stamp}" + (f"-{n}" if n else ""))
-            try:
-                staging.rename(final)  # fails if the name exists: never overwrite a run
-                return final
-            except OSError:
-                if not final.exists():
-                    raise
-        raise FileExistsError(f"Could not find a free run folder name under {parent}.")
+        return finish_run(staging, config, rows, info, model_state)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def find_finished(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
-    """The newest finished run under ``out`` with exactly this resolved config, if any."""
+def _same_config(path: Path, wanted: dict[str, Any]) -> bool:
     import yaml
 
+    try:
+        return yaml.safe_load((path / "config.yaml").read_text()) == wanted
+    except (OSError, yaml.YAMLError):
+        return False  # an unreadable folder is not a run of this config
+
+
+def find_partial(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
+    """The newest unfinished run of exactly this config that left a checkpoint, if any."""
     parent = Path(out) / config.benchmark.name / strategy_label
-    wanted = config.to_dict()
+    for path in sorted(parent.glob(f".partial-seed{config.seed}-*"), reverse=True):
+        if (path / "checkpoint.pt").is_file() and _same_config(path, config.to_dict()):
+            return path
+    return None
+
+
+def find_finished(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
+    """The newest finished run under ``out`` with exactly this resolved config, if any."""
+    parent = Path(out) / config.benchmark.name / strategy_label
     for path in sorted(parent.glob(f"seed{config.seed}-*"), reverse=True):
-        try:
-            if (path / "metrics.csv").is_file() and yaml.safe_load((path / "config.yaml").read_text()) == wanted:
-                return path
-        except (OSError, yaml.YAMLError):
-            continue  # an unreadable folder is not a finished run of this config
+        if (path / "metrics.csv").is_file() and _same_config(path, config.to_dict()):
+            return path
     return None
 
 

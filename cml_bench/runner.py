@@ -17,7 +17,8 @@ from cml_bench.config import ConfigError, RunConfig, build_dataclass, resolve
 from cml_bench.evaluator import Evaluator
 from cml_bench.models import build_model
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
-from cml_bench.results import manifest, summary_table, write_run
+from cml_bench.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from cml_bench.results import find_partial, finish_run, manifest, start_run, summary_table
 from cml_bench.strategy import StrategyContext, StrategySpec
 from cml_bench.stream import BenchmarkSpec, MultiLabelBenchmark, joint_experience
 from cml_bench.training import MultiLabelTemplate
@@ -101,8 +102,12 @@ def build_benchmark(config: RunConfig) -> MultiLabelBenchmark:
 
 
 def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | None = None,
-        log=print) -> RunResult:
-    """Train ``config.strategy`` on ``config.benchmark`` and write the run folder under ``out``."""
+        log=print, resume: bool = False) -> RunResult:
+    """Train ``config.strategy`` on ``config.benchmark`` and write the run folder under ``out``.
+
+    A checkpoint is written after every task into the run's hidden staging folder; with
+    ``resume=True`` an unfinished run of the same config continues after its last finished task.
+    """
     start = time.perf_counter()
     device = resolve_device(config.device)
     label = strategy_label(config)
@@ -115,28 +120,39 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     seed_everything(config.seed)
     model = build_model(config.model, meta.num_classes).to(device)
     ctx = StrategyContext(meta=meta, train=config.train, seed=config.seed, device=device)
-    plugins = list(spec.build(options, ctx)) + [ProgressPlugin()]
-    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device, plugins=plugins,
-                                  seed=config.seed)
+    plugins = list(spec.build(options, ctx))
+    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device,
+                                  plugins=plugins + [ProgressPlugin()], seed=config.seed)
     evaluator = Evaluator(benchmark, config.eval, device,
                           labels={"benchmark": meta.name, "strategy": label, "seed": config.seed})
 
-    log(f"{label} on {meta.name}: {meta.num_tasks} tasks, {meta.num_classes} classes, seed {config.seed}, "
-        f"device {device}")
+    staging = find_partial(out, config, label) if resume else None
+    done = -1
+    if staging is not None:
+        done = restore_checkpoint(load_checkpoint(staging), strategy, plugins, evaluator)
+        log(f"{label} on {meta.name}, seed {config.seed}: resuming after task {done} from {staging}")
+    else:
+        staging = start_run(out, config, label)
+        log(f"{label} on {meta.name}: {meta.num_tasks} tasks, {meta.num_classes} classes, "
+            f"seed {config.seed}, device {device}")
     if spec.joint:
         strategy.train(joint_experience(benchmark))
         evaluator.after_task(model, meta.num_tasks - 1)
     else:
         for experience in benchmark.train_stream:
             task = experience.current_experience
+            if task <= done:
+                continue
             strategy.train(experience)
             seen = evaluator.after_task(model, task)
             log(f"  after task {task}: mAP on seen tasks {seen['all']['mAP']:.1f}")
+            if task < meta.num_tasks - 1:
+                save_checkpoint(staging, task, strategy, plugins, evaluator)
     evaluator.finish()
     wall = time.perf_counter() - start
-    info = manifest(config, wall, {"strategy_label": label, "train_images": sum(
-        len(e.dataset) for e in benchmark.train_stream)})
-    path = write_run(out, config, label, evaluator.rows, info, model_state=model.state_dict())
+    info = manifest(config, wall, {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
+                                   "train_images": sum(len(e.dataset) for e in benchmark.train_stream)})
+    path = finish_run(staging, config, evaluator.rows, info, model_state=model.state_dict())
     import pandas as pd
 
     summary = summary_table(pd.DataFrame(evaluator.rows))
