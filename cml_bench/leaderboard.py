@@ -317,11 +317,26 @@ def _flat(frame: pd.DataFrame, row: str) -> pd.DataFrame:
     return frame.reset_index().assign(row=row)
 
 
+def forgetting_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Forgetting per (benchmark, strategy, task, metric): mean, std and n over seeds (newest runs).
+
+    ``task`` is ``task<j>`` for one task or ``mean`` for the mean over tasks (the runs' ``seen``
+    rows); joint (multitask) runs have no forgetting rows.
+    """
+    rows = latest_runs(df)
+    rows = rows[rows["metric"].str.startswith("forgetting_")]
+    rows = rows.assign(metric=rows["metric"].str.removeprefix("forgetting_"),
+                       task=rows["eval_on"].replace({"seen": "mean"}))
+    grouped = rows.groupby(["benchmark", "strategy", "task", "metric"])["value"]
+    return grouped.agg(mean="mean", std="std", n="count").reset_index()
+
+
 def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
                       compare: bool = False) -> str:
     """Load the runs under ``root`` and write the leaderboard into ``out_dir`` (default: ``root``).
 
-    Writes leaderboard.csv (column ``row``: "seed" for one run's final values, "mean" / "std" / "n"
+    Writes all_metrics.csv (every row of every run, long format), forgetting.csv (see
+    :func:`forgetting_table`), leaderboard.csv (column ``row``: "seed" for one run's final values, "mean" / "std" / "n"
     over seeds; column ``reference`` True for published rows), leaderboard.md, leaderboard.tex,
     accuracy_matrix.csv, plot_stream.png, plot_matrix.png and plot_groups.png. With ``compare``, the
     paper's rows (see :func:`compare_rows`) are added for COCOseq / NUS-WIDEseq benchmarks, marked
@@ -347,6 +362,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     flat = flat[lead + [c for c in flat.columns if c not in lead + ["order"]]]
     flat.to_csv(out / "leaderboard.csv", index=False, float_format="%.10g")  # n as 3, not 3.0
     accuracy_matrix(df).to_csv(out / "accuracy_matrix.csv", index=False)
+    df.to_csv(out / "all_metrics.csv", index=False)  # the tidy long format of every run, with `run`
+    forgetting_table(df).to_csv(out / "forgetting.csv", index=False)
     plots.plot_stream(df, out / "plot_stream.png")
     plots.plot_matrix(df, out / "plot_matrix.png")
     plots.plot_groups(df, out / "plot_groups.png")

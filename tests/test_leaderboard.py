@@ -253,7 +253,7 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     out = tmp_path / "board"
     md = lb.write_leaderboard(results, out, compare=True)
     names = {"leaderboard.csv", "leaderboard.md", "leaderboard.tex", "accuracy_matrix.csv",
-             "plot_stream.png", "plot_matrix.png", "plot_groups.png"}
+             "all_metrics.csv", "forgetting.csv", "plot_stream.png", "plot_matrix.png", "plot_groups.png"}
     assert {p.name for p in out.iterdir()} == names and all((out / n).stat().st_size for n in names)
     assert (out / "leaderboard.md").read_text() == md
     assert "### cocoseq" in md and f"### {BENCH}" in md and "Ignored 2 older run(s)" in md
@@ -274,3 +274,15 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     # default output folder: the results root itself; without compare no paper rows
     assert "paper:" not in lb.write_leaderboard(results)
     assert (results / "leaderboard.md").is_file()
+
+
+def test_forgetting_table_and_long_export(results, tmp_path):
+    table = lb.forgetting_table(lb.load_results(results))
+    prs = table[(table.strategy == "prs") & (table.task == "mean") & (table.metric == "mAP")]
+    assert prs["mean"].item() == pytest.approx(7.5) and prs["n"].item() == 3  # newest run per seed
+    assert "multitask" not in set(table.strategy)
+    out = tmp_path / "board"
+    lb.write_leaderboard(results, out)
+    everything = pd.read_csv(out / "all_metrics.csv")
+    assert list(everything.columns) == CSV_COLUMNS + ["run"]
+    assert len(everything) == len(lb.load_results(results))
