@@ -254,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list strategies, heads and benchmarks")
     lst.add_argument("-v", "--verbose", action="store_true", help="also list every option with its default")
     lst.set_defaults(func=cmd_list)
+
+    from cml_bench.data_cli import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

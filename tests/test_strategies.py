@@ -67,7 +67,7 @@ def test_ewc_learns_importances_from_multi_hot_targets(tiny_layer):
             self.key = key
 
         def before_backward(self, strategy, **kwargs):
-            losses[self.key].append(float(strategy.loss))
+            losses[self.key].append(float(strategy.loss.detach()))
 
     strategy.plugins.insert(0, Probe("before"))
     strategy.plugins.append(Probe("after"))
