@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -106,17 +105,6 @@ def finish_run(staging: Path, config: RunConfig, rows: Iterable[dict[str, Any]],
             if not final.exists():
                 raise
     raise FileExistsError(f"Could not find a free run folder name under {staging.parent}.")
-
-
-def write_run(out: str | Path, config: RunConfig, strategy_label: str, rows: Iterable[dict[str, Any]],
-              info: dict[str, Any], model_state: dict[str, Any] | None = None) -> Path:
-    """Write a complete run folder atomically (staged, then renamed) and return its final path."""
-    staging = start_run(out, config, strategy_label)
-    try:
-        return finish_run(staging, config, rows, info, model_state)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _same_config(path: Path, wanted: dict[str, Any]) -> bool:

@@ -30,7 +30,7 @@ def value(strategy: str, seed: int, i: int, j: int | None, group: str, metric: s
 
 def make_run(root: Path, strategy: str, seed: int, stamp: str = STAMP, suffix: str = "",
              shift: float = 0.0, bench: str = BENCH, parent: str = "") -> Path:
-    """A finished run folder in the exact layout of cml_bench.results.write_run (metrics only)."""
+    """A finished run folder in the exact layout of cml_bench.results.finish_run (metrics only)."""
     folder = root / parent / bench / strategy / f"seed{seed}-{stamp}{suffix}"
     folder.mkdir(parents=True)
     rows = []
