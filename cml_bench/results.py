@@ -116,22 +116,25 @@ def _same_config(path: Path, wanted: dict[str, Any]) -> bool:
         return False  # an unreadable folder is not a run of this config
 
 
-def find_partial(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
-    """The newest unfinished run of exactly this config that left a checkpoint, if any."""
+def _newest_run(out: str | Path, config: RunConfig, strategy_label: str, prefix: str,
+                marker: str) -> Path | None:
+    """The newest folder ``<prefix>seed<k>-*`` holding ``marker`` whose config equals ``config``."""
     parent = Path(out) / config.benchmark.name / strategy_label
-    for path in sorted(parent.glob(f".partial-seed{config.seed}-*"), reverse=True):
-        if (path / "checkpoint.pt").is_file() and _same_config(path, config.to_dict()):
+    wanted = config.to_dict()
+    for path in sorted(parent.glob(f"{prefix}seed{config.seed}-*"), reverse=True):
+        if (path / marker).is_file() and _same_config(path, wanted):
             return path
     return None
+
+
+def find_partial(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
+    """The newest unfinished run of exactly this config that left a checkpoint, if any."""
+    return _newest_run(out, config, strategy_label, ".partial-", "checkpoint.pt")
 
 
 def find_finished(out: str | Path, config: RunConfig, strategy_label: str) -> Path | None:
     """The newest finished run under ``out`` with exactly this resolved config, if any."""
-    parent = Path(out) / config.benchmark.name / strategy_label
-    for path in sorted(parent.glob(f"seed{config.seed}-*"), reverse=True):
-        if (path / "metrics.csv").is_file() and _same_config(path, config.to_dict()):
-            return path
-    return None
+    return _newest_run(out, config, strategy_label, "", "metrics.csv")
 
 
 def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] = ("CF1", "OF1", "mAP")) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -153,7 +154,5 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     info = manifest(config, wall, {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
                                    "train_images": sum(len(e.dataset) for e in benchmark.train_stream)})
     path = finish_run(staging, config, evaluator.rows, info, model_state=model.state_dict())
-    import pandas as pd
-
     summary = summary_table(pd.DataFrame(evaluator.rows))
     return RunResult(path, evaluator.rows, summary, wall)
