@@ -40,6 +40,7 @@ class StreamProtocol:
         every_image_labelled: an image without any label is a protocol difference (PRS streams);
             otherwise it is only counted (NUS-WIDE's official split keeps unlabelled images).
         prepare_hint: the command that prepares the store (for error messages).
+        published_note: what the papers say beyond the counts checked (printed under the table).
     """
 
     title: str
@@ -52,6 +53,7 @@ class StreamProtocol:
     id_suffix: str = ""
     every_image_labelled: bool = True
     prepare_hint: str = ""
+    published_note: str = ""
 
     @property
     def num_tasks(self) -> int:
@@ -90,7 +92,8 @@ def read_splits(splits: str | Path, protocol: StreamProtocol) -> tuple[list[str]
         raise FileNotFoundError(f"{title} splits folder '{splits}' does not exist (expected {protocol.splits_layout}).")
     if not (splits / "multihot_map.json").is_file():
         if (splits / title / "multihot_map.json").is_file():
-            raise ValueError(f"--splits '{splits}' is the parent of the {title} splits: pass --splits {splits / title}.")
+            raise ValueError(f"--splits '{splits}' is the parent of the {title} splits: pass "
+                             f"--splits {splits / title}.")
         raise FileNotFoundError(f"'{splits}' is not a {title} splits folder: multihot_map.json is missing "
                                 f"(expected {protocol.splits_layout}).")
     other = sorted({p.stem.rsplit("_id_", 1)[-1] for p in (splits / "ids").glob("*_id_*.json")} - {protocol.id_suffix})
@@ -222,30 +225,19 @@ class StreamReport:
 
     def text(self) -> str:
         p = self.protocol
-        train, test = self.count("train"), self.count("test")
         order = f" (streamed in order {', '.join(map(str, p.task_order))})" if p.num_tasks > 1 else ""
-        lines = [f"{p.title}: {len(self.class_names)} classes, {p.num_tasks} task(s){order}"]
-        lost = {s: self.left_out(s) for s in ("train", "test")}
-        if self.bad_images:  # ids, then the images actually in the store
-            lines += ["| task | train ids | train images | test ids | test images |", "|---|---:|---:|---:|---:|"]
-            lines += [f"| {k} | {train[k]:,} | {train[k] - lost['train'][k]:,} | {test[k]:,} | "
-                      f"{test[k] - lost['test'][k]:,} |" for k in range(p.num_tasks)]
-            lines.append(f"| all | {sum(train):,} | {sum(train) - sum(lost['train']):,} | {sum(test):,} | "
-                         f"{sum(test) - sum(lost['test']):,} |")
-        else:
-            lines += ["| task | train | test |", "|---|---:|---:|"]
-            lines += [f"| {k} | {train[k]:,} | {test[k]:,} |" for k in range(p.num_tasks)]
-            distinct = len({i for k in range(p.num_tasks) for i in self.ids[("test", k)]})
-            lines.append(f"| all | {sum(train):,} | {sum(test):,} ({distinct:,} distinct ids) |")
+        lines = [f"{p.title}: {len(self.class_names)} classes, {p.num_tasks} task(s){order}", *self._count_lines()]
+        if p.published_note:
+            lines.append(p.published_note)
         tr, te = self.class_counts("train"), self.class_counts("test")
-        lines += ["", "Training / test images per class" + (" (group by the training counts):"
-                                                              if p.group_sizes is not None else ":")]
-        lines += [f"  {n:<15} {int(a):>6} {int(b):>6}" + (f"  {group_of(int(a))}" if p.group_sizes is not None else "")
+        grouped = p.group_sizes is not None
+        lines += ["", "Training / test images per class" + (" (group by the training counts):" if grouped else ":")]
+        lines += [f"  {n:<15} {int(a):>6} {int(b):>6}" + (f"  {group_of(int(a))}" if grouped else "")
                   for n, a, b in zip(self.class_names, tr, te)]
         if not p.every_image_labelled:
             lines.append(f"Images without any label: train {self._unlabelled('train'):,}, "
                          f"test {self._unlabelled('test'):,} (kept, as in the official split)")
-        if p.group_sizes is not None:
+        if grouped:
             lines += self._group_lines()
         if self.label_notes:
             lines.append(f"\nLabel files: {len(self.label_notes)} value(s) corrected:")
@@ -257,6 +249,27 @@ class StreamReport:
         lines.append("\nPROTOCOL.md check: " + ("all counts match" if not mism else f"{len(mism)} difference(s):"))
         lines += [f"  {m}" for m in mism]
         return "\n".join(lines)
+
+    def _count_lines(self) -> list[str]:
+        """Images per task: ids, and (once images were read) the images actually in the store."""
+        tasks = range(self.protocol.num_tasks)
+        train, test = self.count("train"), self.count("test")
+        total = len(train) > 1
+        if self.bad_images:
+            kept = {s: [n - lost for n, lost in zip(self.count(s), self.left_out(s))] for s in ("train", "test")}
+            lines = ["| task | train ids | train images | test ids | test images |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {k} | {train[k]:,} | {kept['train'][k]:,} | {test[k]:,} | {kept['test'][k]:,} |"
+                      for k in tasks]
+            if total:
+                lines.append(f"| all | {sum(train):,} | {sum(kept['train']):,} | {sum(test):,} | "
+                             f"{sum(kept['test']):,} |")
+            return lines
+        lines = ["| task | train | test |", "|---|---:|---:|"]
+        lines += [f"| {k} | {train[k]:,} | {test[k]:,} |" for k in tasks]
+        if total:
+            distinct = len({i for k in tasks for i in self.ids[("test", k)]})
+            lines.append(f"| all | {sum(train):,} | {sum(test):,} ({distinct:,} distinct ids) |")
+        return lines
 
     def _unlabelled(self, split: str) -> int:
         return sum(int((self.labels[(split, k)].sum(axis=1) == 0).sum()) for k in range(self.protocol.num_tasks))
