@@ -79,12 +79,12 @@ def _check_root(root: Path) -> None:
 def read_image_list(root: Path, split: str) -> list[str]:
     """``concept_dir/file.jpg`` of every image of the official train or test list, in file order."""
     name, _ = SPLIT_FILES[split]
-    path = _find(root, (f"ImageList/{name}",), f"image list (from ImageList.zip, under --nuswide-root)")
+    path = _find(root, (f"ImageList/{name}",), "image list (from ImageList.zip, under --nuswide-root)")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
+    for number, line in enumerate(lines, 1):  # line n is label line n: a blank one would shift every label
         parts = PureWindowsPath(line).parts  # backslashes, as the official lists are written
         if len(parts) < 2:
             raise ValueError(f"'{path}' line {number}: expected <concept_dir>\\<file>.jpg, got {line!r}.")

@@ -257,6 +257,11 @@ def test_label_file_of_another_length_and_ids_beyond_the_list(tree):
     (splits / "ids" / "test_task5_id_nuswide.json").write_text(json.dumps([10, 99]))
     with pytest.raises(ValueError, match=r"1 id\(s\) of test task 5 are not rows of the test image list"):
         nuswide.inspect_seq(nus, splits)
+    listing = nus / "ImageList" / "TrainImagelist.txt"
+    lines = listing.read_text().splitlines()
+    listing.write_text("\n".join(lines[:2] + [""] + lines[2:]))  # a blank line would shift every label
+    with pytest.raises(ValueError, match=r"TrainImagelist.txt' line 3: expected <concept_dir>"):
+        nuswide.inspect_single(nus)
 
 
 def test_wrong_splits_folder(tree, tmp_path):
