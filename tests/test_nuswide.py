@@ -4,8 +4,8 @@ A tiny fixture tree in the official NUS-WIDE format (ImageList/, TrainTestLabels
 Flickr/<concept>/<file>.jpg with 24 px placeholder JPEGs) and tiny PRS-style id lists (row indices
 into the image lists): preparation, the corrupt label value, missing images (counted per task, in
 the store's index and in the run folder), unreadable images, a short run of each stream. The real
-NUSWIDEseq id and group lists in ``../shared`` are checked against PROTOCOL.md's numbers; no real
-NUS-WIDE labels or images exist here.
+NUSWIDEseq id and group lists in ``../shared`` are checked against PROTOCOL.md's numbers, also read
+through official-size label files with random labels; no real NUS-WIDE labels or images exist here.
 """
 from __future__ import annotations
 
@@ -193,6 +193,33 @@ def test_real_nuswideseq_id_and_group_lists_match_protocol(shared_dir):
     assert max(max(ids[("test", k)]) for k in range(6)) < 107859
     # the corrupt official value (Labels_lake_Train.txt line 78,372) is in no NUSWIDEseq task
     assert all(78371 not in ids[("train", k)] for k in range(6))
+
+
+@pytest.mark.slow
+def test_full_size_label_side_with_the_real_id_lists(shared_dir, tmp_path):
+    """Official-size image lists and label files (random labels: no real ones exist here) with the real
+    NUSWIDEseq id lists: every count matches PROTOCOL.md, and the official corrupt value at its real
+    place (Labels_lake_Train.txt line 78,372) is reported as outside the stream."""
+    prs = shared_dir / "data" / "prs_splits"
+    names = list(json.loads((prs / "NUSWIDEseq" / "multihot_map.json").read_text()))
+    nus = tmp_path / "NUS-WIDE"
+    (nus / "ImageList").mkdir(parents=True)
+    (nus / "TrainTestLabels").mkdir()
+    (nus / "Concepts81.txt").write_text("\n".join(sorted(names)))
+    rng = np.random.default_rng(0)
+    for n, name in ((161789, "Train"), (107859, "Test")):
+        (nus / "ImageList" / f"{name}Imagelist.txt").write_text("".join(f"c\\{i}.jpg\r\n" for i in range(n)))
+        for concept in names:
+            values = np.where(rng.random(n) < 0.1, "1", "0").astype("U8")
+            if (concept, name) == ("lake", "Train"):
+                values[78371] = "-1130179"
+            (nus / "TrainTestLabels" / f"Labels_{concept}_{name}.txt").write_text("\n".join(values))
+    report = nuswide.inspect_seq(nus, prs / "NUSWIDEseq")
+    assert report.count("train") == list(nuswide.SEQ.train_counts)
+    assert report.count("test") == list(nuswide.SEQ.test_counts)
+    assert not [m for m in report.mismatches() if "images, PROTOCOL.md" in m or "published group" in m]
+    assert report.label_notes == ["Labels_lake_Train.txt line 78,372 (train image row 78,371, in no NUSWIDEseq "
+                                  "task): value '-1130179' is not 0 or 1; read as 0"]
 
 
 # ---------------------------------------------------------------------------- nuswide (single task)
