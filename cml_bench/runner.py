@@ -20,6 +20,7 @@ from cml_bench.models import build_model
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
 from cml_bench.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from cml_bench.results import find_partial, finish_run, manifest, start_run, summary_table
+from cml_bench.store import record_store_use
 from cml_bench.strategy import StrategyContext, StrategySpec
 from cml_bench.stream import BenchmarkSpec, MultiLabelBenchmark, joint_experience
 from cml_bench.training import MultiLabelTemplate
@@ -151,8 +152,11 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                 save_checkpoint(staging, task, strategy, plugins, evaluator)
     evaluator.finish()
     wall = time.perf_counter() - start
-    info = manifest(config, wall, {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
-                                   "train_images": sum(len(e.dataset) for e in benchmark.train_stream)})
+    extra = {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
+             "train_images": sum(len(e.dataset) for e in benchmark.train_stream)}
+    if "store" in benchmark.extra:  # a prepared store: which one, and which images it left out
+        extra["data"] = record_store_use(benchmark.extra["store"], staging)
+    info = manifest(config, wall, extra)
     path = finish_run(staging, config, evaluator.rows, info, model_state=model.state_dict())
     summary = summary_table(pd.DataFrame(evaluator.rows))
     return RunResult(path, evaluator.rows, summary, wall)

@@ -1,6 +1,6 @@
 """A prepared image store: decoded, resized uint8 images that training reads by memory mapping.
 
-Layout of a store folder (generic: COCOseq today, NUS-WIDEseq and single-task streams later)::
+Layout of a store folder (generic: COCOseq, NUS-WIDEseq, NUS-WIDE)::
 
     images.npy   uint8 [N, 3, S, S]   opened with np.load(mmap_mode="r"): no per-epoch JPEG decoding
     labels.npy   uint8 [N, M]         multi-hot rows, same order as images.npy
@@ -17,6 +17,7 @@ SIGBUS); on ENOSPC the partial folder is removed so nothing that looks like a st
 """
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -208,7 +209,8 @@ class BuildResult:
 
 def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequence[str], *, builder: str,
                 builder_version: int, size: int = 256, info: dict[str, Any] | None = None,
-                skip_bad_images: bool = False, force: bool = False, chunk_rows: int = 256,
+                skip_bad_images: bool = False, skip_missing: bool = False, force: bool = False,
+                chunk_rows: int = 256,
                 progress: Callable[[int, int], None] | None = None,
                 reader: Callable[[str, int], np.ndarray] = read_image) -> BuildResult:
     """Build (or resume, or reuse) the store at ``out``.
@@ -224,6 +226,8 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
             in the index and left out of every dataset); otherwise every image is still read, so the
             list is complete, and then ``BadImagesError`` stops the build before it is published
             (running again with ``skip_bad_images=True`` resumes without reading anything twice).
+        skip_missing: leave out missing files without stopping (datasets whose protocol expects
+            some, like NUS-WIDE's dead URLs); unreadable ones still stop unless ``skip_bad_images``.
         force: replace an existing store (of any version, or built from another plan).
         chunk_rows: rows per committed chunk (the resume granularity).
         progress: called as ``progress(rows_done, num_rows)`` after each committed chunk.
@@ -260,8 +264,9 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
             _allocate(tmp, num_rows, size, num_classes, parts)
             _atomic_json(tmp / PROGRESS, state)
         _fill(tmp, parts, size, state, chunk_rows, progress, reader)
-        if state["bad"] and not skip_bad_images:
-            raise BadImagesError(_bad_message(state["bad"], tmp))
+        stopping = [b for b in state["bad"] if not (skip_missing and b["reason"] == "missing")]
+        if stopping and not skip_bad_images:
+            raise BadImagesError(_bad_message(stopping, tmp))
         index = _index(parts, class_names, builder, builder_version, size, info or {}, state, fp)
         _atomic_json(tmp / INDEX, index)  # the index is written last: its presence means complete
         (tmp / PROGRESS).unlink()
@@ -399,3 +404,27 @@ def _publish(tmp: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def record_store_use(store: Store, folder: Path) -> dict[str, Any]:
+    """Record in a run folder which store a run read and which images it left out.
+
+    Writes ``left_out_images.csv`` (split, task, id, path, reason) into ``folder`` when the store
+    left any image out; returns the summary that goes into the run's manifest.
+    """
+    bad = [(p["split"], p["task"], b) for p in store.index["parts"] for b in p["bad"]]
+    reasons: dict[str, int] = {}
+    for _, _, b in bad:
+        key = "missing" if b["reason"] == "missing" else "unreadable"
+        reasons[key] = reasons.get(key, 0) + 1
+    if bad:
+        with open(folder / "left_out_images.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["split", "task", "id", "path", "reason"])
+            writer.writerows([s, k, b["id"], b["path"], b["reason"]] for s, k, b in bad)
+    return {"store": str(store.path), "builder": store.index["builder"],
+            "builder_version": store.index["builder_version"], "fingerprint": store.index["fingerprint"],
+            "image_size": store.index["size"], "left_out_images": reasons,
+            "left_out_per_part": {f"{p['split']} task {p['task']}": len(p["bad"]) for p in store.index["parts"]
+                                  if p["bad"]},
+            "left_out_file": "left_out_images.csv" if bad else None}
