@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cml_bench.store import MemmapRows, StorePart, open_store, partial_path, write_store
+from cml_bench.store import MemmapRows, StorePart, open_prepared_store, require_folders, write_store
 from cml_bench.stream import BenchmarkMeta, MultiLabelTensorDataset, make_benchmark, register_benchmark
 
 BUILDER_VERSION = 1
@@ -182,20 +182,23 @@ def read_published_groups(groups_dir: Path, class_names: list[str]) -> dict[str,
     return groups
 
 
-def read_annotations(coco_root: Path) -> tuple[dict[int, tuple[str, list[str]]], set[str]]:
-    """image id -> (image path, category names) from both instances files, and all category names."""
+def read_annotations(coco_root: Path, folders: tuple[str, ...] = ("train2014", "val2014")
+                     ) -> tuple[dict[int, tuple[str, list[str]]], dict[str, int]]:
+    """image id -> (image path, category names) from the instances files of ``folders`` (every image
+    they list, with or without annotations), and category name -> COCO category id."""
+    coco_root = Path(coco_root)
     if not coco_root.is_dir():
         raise FileNotFoundError(f"COCO root '{coco_root}' does not exist (expected a folder holding "
                                 f"annotations/instances_{{train,val}}2014.json, train2014/ and val2014/).")
     images: dict[int, tuple[str, list[str]]] = {}
-    names: set[str] = set()
-    for folder in ("train2014", "val2014"):
+    names: dict[str, int] = {}
+    for folder in folders:
         path = coco_root / "annotations" / f"instances_{folder}.json"
         data = _load_json(path, f"COCO annotation file (from annotations_trainval2014.zip, under --coco-root)")
         if not all(k in data for k in ("images", "annotations", "categories")):
             raise ValueError(f"'{path}' is not a COCO instances file (needs images, annotations, categories).")
         category = {c["id"]: c["name"] for c in data["categories"]}
-        names.update(category.values())
+        names.update((n, i) for i, n in category.items())
         for img in data["images"]:
             name = img.get("file_name") or f"COCO_{folder}_{img['id']:012d}.jpg"
             images[int(img["id"])] = (str(coco_root / folder / name), [])
@@ -246,10 +249,7 @@ def prepare(coco_root: str | Path, splits: str | Path, out: str | Path, *, group
         raise FileNotFoundError(f"Published group lists not found in '{report.groups_dir}' (expected "
                                 f"cocoseq_{{majority,moderate,minority}}.json): pass --groups DIR.")
     keys = [(s, k) for s in ("train", "test") for k in range(NUM_TASKS)]
-    for folder in sorted({Path(p).parent for key in keys for p in report.paths[key]}):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"Image folder '{folder}' not found: unzip the COCO 2014 images "
-                                    f"({folder.name}.zip) under --coco-root.")
+    require_folders([p for key in keys for p in report.paths[key]], coco_folder_hint)
     info = {"task_order": list(TASK_ORDER), "published_groups": report.published_groups,
             "derived_groups": report.derived_groups(), "group_differences": report.group_differences(),
             "protocol_mismatches": report.mismatches(), "coco_root": str(coco_root), "splits": str(splits)}
@@ -258,10 +258,12 @@ def prepare(coco_root: str | Path, splits: str | Path, out: str | Path, *, group
                          size=size, info=info, skip_bad_images=skip_bad_images, force=force,
                          chunk_rows=chunk_rows, progress=progress)
     report.bad_images = result.bad
-    report.store_note = (f"{out} already complete for these inputs, reused (--force rebuilds it)" if result.reused
-                         else f"{out} written, resumed from row {result.resumed_from_row:,}"
-                         if result.resumed_from_row else f"{out} written")
+    report.store_note = result.note(out)
     return report
+
+
+def coco_folder_hint(folder: Path) -> str:
+    return f"unzip the COCO 2014 images ({folder.name}.zip) under --coco-root"
 
 
 @dataclass(frozen=True)
@@ -288,16 +290,7 @@ class CocoseqOptions:
     },
 )
 def build(options: CocoseqOptions):
-    if options.root is None:
-        raise ValueError(f"benchmark.options.root is not set: prepare the COCOseq store with `{PREPARE_HINT}`, "
-                         f"then pass --set benchmark.options.root=STORE.")
-    if not Path(options.root).is_dir():
-        again = " (an interrupted preparation is beside it: run the same prepare command again to finish it)" \
-            if partial_path(Path(options.root)).is_dir() else ""
-        raise FileNotFoundError(f"COCOseq store '{options.root}' does not exist{again}: prepare it with "
-                                f"`{PREPARE_HINT}`.")
-    store = open_store(options.root, "cocoseq", BUILDER_VERSION,
-                       rebuild_hint=f"rebuild it with `{PREPARE_HINT} --force`")
+    store = open_prepared_store(options.root, "cocoseq", BUILDER_VERSION, PREPARE_HINT, what="COCOseq")
     names = store.class_names
     datasets = {}
     for split in ("train", "test"):
