@@ -128,10 +128,11 @@ def prepare(report: SingleTaskReport, out: str | Path, *, builder: str, builder_
     return report
 
 
-def build(root: str | None, *, name: str, builder: str, builder_version: int,
-          prepare_hint: str) -> MultiLabelBenchmark:
-    """The one-experience benchmark of a prepared store (``kind="generic"``)."""
-    store = open_prepared_store(root, builder, builder_version, prepare_hint, what=name)
+def build(root: str | None, *, name: str, builder_version: int, prepare_hint: str) -> MultiLabelBenchmark:
+    """The one-experience benchmark of the store that ``data prepare <name>`` wrote (``kind="generic"``).
+
+    ``train_class_counts`` are the clear positives (VOC: difficult pairs not counted)."""
+    store = open_prepared_store(root, name, builder_version, prepare_hint, what=name)
     names = store.class_names
     train_rows, test_rows = store.rows("train", 0), store.rows("test", 0)
     train_labels = np.asarray(store.labels[train_rows])
@@ -170,8 +171,7 @@ def register_single_task(name: str, *, builder_version: int, prepare_hint: str, 
     """Register benchmark ``name``, read from stores that ``data prepare <name>`` writes (builder ``name``)."""
 
     def build_benchmark(options: StoreOptions) -> MultiLabelBenchmark:
-        return build(options.root, name=name, builder=name, builder_version=builder_version,
-                     prepare_hint=prepare_hint)
+        return build(options.root, name=name, builder_version=builder_version, prepare_hint=prepare_hint)
 
     register_benchmark(name, options=StoreOptions, description=description,
                        defaults={"model": PAPER_MODEL})(build_benchmark)
