@@ -24,9 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, load_json, open_prepared,
-                                read_prs_lists, require_published_groups, write_report_store)
+from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, load_json, read_prs_lists,
+                                require_published_groups, write_report_store)
 from cml_bench.prepared import read_splits as _read_prs_splits
+from cml_bench.store import open_prepared_store, require_folders
 from cml_bench.stream import register_benchmark
 
 BUILDER_VERSION = 1
@@ -49,20 +50,23 @@ def read_splits(splits: str | Path) -> tuple[list[str], dict[tuple[str, int], li
     return _read_prs_splits(splits, PROTOCOL)
 
 
-def read_annotations(coco_root: Path) -> tuple[dict[int, tuple[str, list[str]]], set[str]]:
-    """image id -> (image path, category names) from both instances files, and all category names."""
+def read_annotations(coco_root: Path, folders: tuple[str, ...] = ("train2014", "val2014")
+                     ) -> tuple[dict[int, tuple[str, list[str]]], dict[str, int]]:
+    """image id -> (image path, category names) from the instances files of ``folders`` (every image
+    they list, with or without annotations), and category name -> COCO category id."""
+    coco_root = Path(coco_root)
     if not coco_root.is_dir():
         raise FileNotFoundError(f"COCO root '{coco_root}' does not exist (expected a folder holding "
                                 f"annotations/instances_{{train,val}}2014.json, train2014/ and val2014/).")
     images: dict[int, tuple[str, list[str]]] = {}
-    names: set[str] = set()
-    for folder in ("train2014", "val2014"):
+    names: dict[str, int] = {}
+    for folder in folders:
         path = coco_root / "annotations" / f"instances_{folder}.json"
         data = load_json(path, f"COCO annotation file (from annotations_trainval2014.zip, under --coco-root)")
         if not all(k in data for k in ("images", "annotations", "categories")):
             raise ValueError(f"'{path}' is not a COCO instances file (needs images, annotations, categories).")
         category = {c["id"]: c["name"] for c in data["categories"]}
-        names.update(category.values())
+        names.update((n, i) for i, n in category.items())
         for img in data["images"]:
             name = img.get("file_name") or f"COCO_{folder}_{img['id']:012d}.jpg"
             images[int(img["id"])] = (str(coco_root / folder / name), [])
@@ -105,14 +109,15 @@ def prepare(coco_root: str | Path, splits: str | Path, out: str | Path, *, group
     """Inspect, then write the memory-mapped store at ``out`` (resumable; see :func:`write_store`)."""
     report = inspect(coco_root, splits, groups)
     require_published_groups(report)
-    for folder in sorted({Path(p).parent for key in report.keys for p in report.paths[key]}):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"Image folder '{folder}' not found: unzip the COCO 2014 images "
-                                    f"({folder.name}.zip) under --coco-root.")
+    require_folders([p for key in report.keys for p in report.paths[key]], coco_folder_hint)
     return write_report_store(report, out, builder_version=BUILDER_VERSION, size=size,
                               info={"coco_root": str(coco_root), "splits": str(splits)},
                               skip_bad_images=skip_bad_images, force=force, chunk_rows=chunk_rows,
                               progress=progress)
+
+
+def coco_folder_hint(folder: Path) -> str:
+    return f"unzip the COCO 2014 images ({folder.name}.zip) under --coco-root"
 
 
 @dataclass(frozen=True)
@@ -139,5 +144,5 @@ class CocoseqOptions:
     },
 )
 def build(options: CocoseqOptions):
-    store = open_prepared(options.root, PROTOCOL, BUILDER_VERSION)
+    store = open_prepared_store(options.root, PROTOCOL.name, BUILDER_VERSION, PREPARE_HINT, what=PROTOCOL.title)
     return benchmark_from_store(store, PROTOCOL, default_buffer_size=2000, prs_rho=-0.03)

@@ -34,8 +34,9 @@ from typing import Callable
 
 import numpy as np
 
-from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, open_prepared, read_prs_lists,
+from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, read_prs_lists,
                                 require_published_groups, write_report_store)
+from cml_bench.store import open_prepared_store
 from cml_bench.stream import register_benchmark
 
 BUILDER_VERSION = 1
@@ -226,7 +227,7 @@ PRS_DEFAULTS = {
                     description="NUS-WIDEseq (PRS): 6 tasks, 49 classes, from a store made by "
                                 "`data prepare nuswideseq`")
 def build_seq(options: NuswideseqOptions):
-    store = open_prepared(options.root, SEQ, BUILDER_VERSION)
+    store = open_prepared_store(options.root, SEQ.name, BUILDER_VERSION, SEQ_HINT, what=SEQ.title)
     return benchmark_from_store(store, SEQ, default_buffer_size=2000, prs_rho=0.02)
 
 
@@ -272,5 +273,5 @@ class NuswideOptions:
                                 "made by `data prepare nuswide`",
                     defaults={"model": PRS_DEFAULTS["model"]})
 def build_single(options: NuswideOptions):
-    store = open_prepared(options.root, SINGLE, BUILDER_VERSION)
+    store = open_prepared_store(options.root, SINGLE.name, BUILDER_VERSION, SINGLE_HINT, what=SINGLE.title)
     return benchmark_from_store(store, SINGLE, kind="generic")

@@ -1,9 +1,12 @@
 """``python -m cml_bench data {prepare, inspect} DATASET``: build and check prepared data stores.
 
-Each dataset names the functions that read it (``module:function``), its root folder option and
-whether it takes PRS id lists (``--splits``, ``--groups``). Heavy imports happen inside the
-commands, so adding these parsers costs nothing at start-up. Errors are the usual user errors
-(``FileNotFoundError``, ``ValueError``...) that ``cli.main`` prints as one line.
+Each dataset is one row of :data:`DATASETS`: the module and functions that read it, the options
+that name its input files (its "source": ``--coco-root``, ``--splits``...) and its default image
+size. ``inspect(**source)`` reads the annotations only; ``prepare(**source, out=, size=,
+skip_bad_images=, force=, progress=)`` writes the store; both return a report whose ``text()`` is
+printed. Heavy imports happen inside the commands, so these parsers cost nothing at start-up.
+Errors are the usual user errors (``FileNotFoundError``, ``ValueError``...) that ``cli.main`` prints
+as one line.
 """
 from __future__ import annotations
 
@@ -11,8 +14,44 @@ import argparse
 import importlib
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+COCO_ROOT_HELP = "COCO 2014 folder: annotations/instances_{train,val}2014.json, train2014/, val2014/"
+NUSWIDE_ROOT_HELP = ("NUS-WIDE folder: ImageList/{Train,Test}Imagelist.txt, TrainTestLabels/"
+                     "Labels_<concept>_{Train,Test}.txt, Concepts81.txt, Flickr/<concept>/<file>.jpg")
+
+
+def _prs_lists(parser: argparse.ArgumentParser, name: str, like: str) -> None:
+    parser.add_argument("--splits", required=True, metavar="DIR",
+                        help=f"PRS id lists, laid out like prs_splits/{like} (multihot_map.json, ids/)")
+    parser.add_argument("--groups", metavar="DIR",
+                        help=f"published group lists {name}_{{majority,moderate,minority}}.json "
+                             "(default: ../groups beside --splits)")
+
+
+def _cocoseq_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coco-root", required=True, metavar="DIR", help=COCO_ROOT_HELP)
+    _prs_lists(parser, "cocoseq", "COCOseq")
+
+
+def _nuswideseq_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nuswide-root", required=True, metavar="DIR", help=NUSWIDE_ROOT_HELP)
+    _prs_lists(parser, "nuswideseq", "NUSWIDEseq")
+
+
+def _nuswide_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nuswide-root", required=True, metavar="DIR", help=NUSWIDE_ROOT_HELP)
+
+
+def _coco2014_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coco-root", required=True, metavar="DIR", help=COCO_ROOT_HELP)
+
+
+def _voc2007_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--voc-root", required=True, metavar="DIR",
+                        help="VOCdevkit folder (VOC2007/ImageSets/Main, VOC2007/JPEGImages) of the trainval "
+                             "and test archives")
 
 
 @dataclass(frozen=True)
@@ -20,49 +59,46 @@ class DataSource:
     """How the ``data`` commands reach one dataset.
 
     Attributes:
-        inspect, prepare: ``module:function``; called as ``inspect(root[, splits, groups])`` and
-            ``prepare(root[, splits], out, groups=, size=, skip_bad_images=, force=, progress=)``.
-        root_flag, root_help: the dataset's root folder option.
-        splits: whether it reads PRS id lists (``--splits``, ``--groups``).
-        size: the default stored image side.
+        line: one line for ``--help``.
+        module: the module holding the dataset's readers (imported only when a command runs).
+        inspect, prepare: names of its functions (see the module docstring for how they are called).
+        add_source: adds the dataset's input options to a parser.
+        source: the ``argparse`` names of those options, passed on as keyword arguments.
+        size: default stored image size: a side in pixels, or ``(height, width)``.
+        fixed: keyword arguments always passed (e.g. which of a module's datasets).
     """
 
+    line: str
+    module: str
     inspect: str
     prepare: str
-    root_flag: str
-    root_help: str
-    splits: bool
-    size: int
+    add_source: Callable[[argparse.ArgumentParser], None]
+    source: tuple[str, ...]
+    size: int | tuple[int, int]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
 
 
-COCO_ROOT = ("--coco-root", "COCO 2014 folder: annotations/instances_{train,val}2014.json, train2014/, val2014/")
-NUSWIDE_ROOT = ("--nuswide-root", "NUS-WIDE folder: ImageList/{Train,Test}Imagelist.txt, TrainTestLabels/"
-                                  "Labels_<concept>_{Train,Test}.txt, Concepts81.txt, Flickr/<concept>/<file>.jpg")
-DATASETS = {
-    "cocoseq": DataSource("benchmarks.cocoseq:inspect", "benchmarks.cocoseq:prepare", *COCO_ROOT, True, 256),
-    "nuswideseq": DataSource("benchmarks.nuswide:inspect_seq", "benchmarks.nuswide:prepare_seq", *NUSWIDE_ROOT,
-                             True, 256),
-    "nuswide": DataSource("benchmarks.nuswide:inspect_single", "benchmarks.nuswide:prepare_single",
-                          *NUSWIDE_ROOT, False, 448),
+DATASETS: dict[str, DataSource] = {
+    "cocoseq": DataSource("COCOseq (PRS): 4 tasks, 70 classes", "benchmarks.cocoseq", "inspect", "prepare",
+                          _cocoseq_source, ("coco_root", "splits", "groups"), 256),
+    "nuswideseq": DataSource("NUS-WIDEseq (PRS): 6 tasks, 49 classes", "benchmarks.nuswide", "inspect_seq",
+                             "prepare_seq", _nuswideseq_source, ("nuswide_root", "splits", "groups"), 256),
+    "nuswide": DataSource("NUS-WIDE, one task, 81 concepts", "benchmarks.nuswide", "inspect_single",
+                          "prepare_single", _nuswide_source, ("nuswide_root",), 448),
+    "coco2014": DataSource("MS-COCO 2014, one task, 80 classes", "benchmarks.coco2014", "inspect", "prepare",
+                           _coco2014_source, ("coco_root",), 448),
+    "voc2007": DataSource("PASCAL VOC 2007, one task, 20 classes", "benchmarks.voc2007", "inspect", "prepare",
+                          _voc2007_source, ("voc_root",), 448),
 }
 
 
-def _function(path: str) -> Callable[..., Any]:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _add_dataset(parser: argparse.ArgumentParser, name: str, source: DataSource) -> None:
-    dest = source.root_flag.lstrip("-").replace("-", "_")
-    parser.add_argument(source.root_flag, dest=dest, required=True, metavar="DIR", help=source.root_help)
-    if source.splits:
-        parser.add_argument("--splits", required=True, metavar="DIR",
-                            help="the stream's PRS id lists, a folder like prs_splits/COCOseq or "
-                                 "prs_splits/NUSWIDEseq (multihot_map.json, ids/)")
-        parser.add_argument("--groups", metavar="DIR",
-                            help=f"published group lists {name}_{{majority,moderate,minority}}.json "
-                                 "(default: ../groups beside --splits)")
-    parser.set_defaults(dataset=name, root_dest=dest)
+def _add_size(parser: argparse.ArgumentParser, size: int | tuple[int, int]) -> None:
+    if isinstance(size, tuple):
+        parser.add_argument("--image-size", "--size", dest="size", type=int, nargs=2, default=list(size),
+                            metavar=("H", "W"), help=f"stored image height and width (default {size[0]} {size[1]})")
+    else:
+        parser.add_argument("--image-size", "--size", dest="size", type=int, default=size,
+                            help=f"stored image side in pixels (default {size})")
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,43 +107,40 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     prep = sub.add_parser("prepare", help="decode, resize and store the images for training (resumable)",
-                          description="Read the labels, id lists and images; write a memory-mapped "
-                                      "store of uint8 images (resumable if interrupted); print per-task "
-                                      "and per-class counts and their check against PROTOCOL.md.")
-    insp = sub.add_parser("inspect", help="counts, groups and PROTOCOL.md checks from the labels alone",
-                          description="Check the id lists against the labels without reading images.")
-    prep_sets = prep.add_subparsers(dest="dataset_name", metavar="DATASET", required=True)
-    insp_sets = insp.add_subparsers(dest="dataset_name", metavar="DATASET", required=True)
+                          description="Read the annotations and images; write a memory-mapped store of uint8 "
+                                      "images (resumable if interrupted); print the image and per-class counts "
+                                      "and their check against the published numbers.")
+    insp = sub.add_parser("inspect", help="counts and checks from the annotations alone",
+                          description="Check the annotations (and id lists) without reading images.")
+    prep_sets = prep.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    insp_sets = insp.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     for name, source in DATASETS.items():
-        p = prep_sets.add_parser(name, help=f"prepare the {name} store")
-        _add_dataset(p, name, source)
+        p = prep_sets.add_parser(name, help=source.line, description=f"Prepare {source.line}.")
+        source.add_source(p)
         p.add_argument("--out", required=True, metavar="DIR", help="the store folder to write")
-        p.add_argument("--image-size", "--size", dest="size", type=int, default=source.size,
-                       help=f"stored image side in pixels (default {source.size})")
+        _add_size(p, source.size)
         p.add_argument("--skip-bad-images", action="store_true",
-                       help="leave out unreadable or truncated (and, for COCO, missing) images, listed in the report")
+                       help="leave out unreadable or truncated (and missing) images, listed in the report")
         p.add_argument("--force", action="store_true", help="rebuild an existing store (e.g. of another version)")
         p.set_defaults(func=cmd_data_prepare)
-        _add_dataset(insp_sets.add_parser(name, help=f"check {name} without reading images"), name, source)
-    insp.set_defaults(func=cmd_data_inspect)
+        i = insp_sets.add_parser(name, help=source.line, description=f"Inspect {source.line} from its annotations.")
+        source.add_source(i)
+        i.set_defaults(func=cmd_data_inspect)
     return data
 
 
-def _inputs(args: argparse.Namespace) -> list[Any]:
-    root = getattr(args, args.root_dest)
-    return [root, args.splits] if DATASETS[args.dataset].splits else [root]
+def _call(args: argparse.Namespace, function: str, **kwargs: Any) -> Any:
+    source = DATASETS[args.dataset]
+    fn = getattr(importlib.import_module(source.module), getattr(source, function))
+    return fn(**{key: getattr(args, key) for key in source.source}, **source.fixed, **kwargs)
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    inspect = _function(DATASETS[args.dataset].inspect)
-    groups = {"groups": args.groups} if DATASETS[args.dataset].splits else {}
-    print(inspect(*_inputs(args), **groups).text())
+    print(_call(args, "inspect").text())
     return 0
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    prepare = _function(DATASETS[args.dataset].prepare)
-    groups = {"groups": args.groups} if DATASETS[args.dataset].splits else {}
     start = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -116,8 +149,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             print(f"\r  {done:,} / {total:,} images ({time.perf_counter() - start:.0f} s)", end="",
                   file=sys.stderr, flush=True)
 
-    report = prepare(*_inputs(args), args.out, size=args.size, skip_bad_images=args.skip_bad_images,
-                     force=args.force, progress=progress, **groups)
+    size = tuple(args.size) if isinstance(args.size, list) else args.size
+    report = _call(args, "prepare", out=args.out, size=size, skip_bad_images=args.skip_bad_images,
+                   force=args.force, progress=progress)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(report.text())

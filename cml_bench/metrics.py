@@ -5,6 +5,9 @@ Conventions shared by every function (see ``PROTOCOL.md``, section "Metrics"):
 - ``scores``: float array ``[N, M]`` (N images, M classes), sigmoid probabilities for the
   thresholded metrics; any finite real values for :func:`average_precision` and the top-k metrics.
 - ``targets``: array ``[N, M]`` of 0/1 (int, float or bool).
+- ``ignore`` (optional): bool array ``[N, M]``; a True (image, class) pair is left out of every
+  count, as if that image did not exist for that class (VOC's "difficult" labels: ML-GCN's AP
+  skips them). Its image still counts for the other classes.
 - A label is predicted positive iff ``score >= threshold`` (default 0.5).
 - Every returned metric value is a PERCENT (0-100), as in the papers' tables.
 - Torch tensors are accepted (detached and converted with numpy); this module imports no torch.
@@ -91,6 +94,27 @@ def _check_classes(classes: Sequence[int] | None, num_classes: int) -> np.ndarra
     return idx
 
 
+def _check_ignore(ignore: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """``ignore`` as a bool ``[N, M]`` array (None stays None)."""
+    if ignore is None:
+        return None
+    m = _to_numpy(ignore)
+    if m.shape != shape:
+        raise ValueError(f"Expected `ignore` to have the shape of `scores` {shape}, but got {m.shape}.")
+    if m.dtype != np.bool_ and ((m != 0) & (m != 1)).any():
+        raise ValueError("Expected `ignore` to contain only 0 and 1 (or bool).")
+    return m.astype(bool, copy=False)
+
+
+def _drop_ignored(s: np.ndarray, y: np.ndarray, ignore: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ranking inputs with ignored pairs removed: an ignored pair becomes a negative ranked below
+    every real score, where it changes no precision at any positive (so AP is exactly that of the
+    column without it)."""
+    if ignore is None or not ignore.any():
+        return s, y
+    return np.where(ignore, -np.inf, s), y & ~ignore
+
+
 def _check_matrix(matrix: Any) -> np.ndarray:
     m = _to_numpy(matrix).astype(np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
@@ -112,8 +136,11 @@ def _f1(p: float, r: float) -> float:
     return 2.0 * p * r / (p + r) if p + r > 0 else 0.0
 
 
-def _prf(pred: np.ndarray, y: np.ndarray, suffix: str = "") -> dict[str, float]:
-    """Macro (CP, CR, CF1) and micro (OP, OR, OF1) scores of bool predictions ``pred`` vs ``y``."""
+def _prf(pred: np.ndarray, y: np.ndarray, suffix: str = "", ignore: np.ndarray | None = None) -> dict[str, float]:
+    """Macro (CP, CR, CF1) and micro (OP, OR, OF1) scores of bool predictions ``pred`` vs ``y``;
+    ``ignore``d pairs are neither predictions nor positives."""
+    if ignore is not None:
+        pred, y = pred & ~ignore, y & ~ignore
     tp = np.count_nonzero(pred & y, axis=0)
     n_pred, n_pos = np.count_nonzero(pred, axis=0), np.count_nonzero(y, axis=0)
     cp = float(_safe_div(tp, n_pred).mean()) * 100
@@ -181,6 +208,7 @@ def multilabel_metrics(
     classes: Sequence[int] | None = None,
     threshold: float = 0.5,
     ignore_empty: bool = True,
+    ignore: Any = None,
 ) -> dict[str, float]:
     """mAP and the thresholded macro / micro scores of multi-label classification, in percent.
 
@@ -193,6 +221,7 @@ def multilabel_metrics(
         ignore_empty: mAP policy for classes with no positive in ``targets``: True (as PRS does)
             leaves them out of the mean; False counts their AP as 0. If no selected class has a
             positive, mAP is NaN either way.
+        ignore: optional bool ``[N, M]``: pairs left out of every metric (see the module docstring).
 
     Returns:
         ``{"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"}``. CP / CR: mean over the selected classes
@@ -208,10 +237,12 @@ def multilabel_metrics(
     """
     s, y = _check_inputs(scores, targets)
     _check_probabilities(s, threshold)
+    mask = _check_ignore(ignore, s.shape)
     if classes is not None:
         idx = _check_classes(classes, s.shape[1])
         s, y = s[:, idx], y[:, idx]
-    ap = _ap(s, y)
+        mask = None if mask is None else mask[:, idx]
+    ap = _ap(*_drop_ignored(s, y, mask))
     has_pos = ~np.isnan(ap)
     if not has_pos.any():
         m_ap = float("nan")
@@ -219,15 +250,17 @@ def multilabel_metrics(
         m_ap = float(ap[has_pos].mean()) * 100
     else:
         m_ap = float(np.where(has_pos, ap, 0.0).mean()) * 100
-    return {"mAP": m_ap, **_prf(s >= threshold, y)}
+    return {"mAP": m_ap, **_prf(s >= threshold, y, ignore=mask)}
 
 
-def topk_metrics(scores: Any, targets: Any, k: int = 3, classes: Sequence[int] | None = None) -> dict[str, float]:
+def topk_metrics(scores: Any, targets: Any, k: int = 3, classes: Sequence[int] | None = None,
+                 ignore: Any = None) -> dict[str, float]:
     """Macro / micro scores when each image's ``k`` highest-scoring labels are its predictions.
 
     The common "top-3" protocol (no threshold). The top k are chosen among ALL M columns, so an
     image's predictions do not depend on ``classes``; the metrics are then computed on the
     ``classes`` columns only. Equal scores are broken in favour of the lower column index.
+    ``ignore``d pairs do not change which labels are predicted; they are then left out of the counts.
 
     Returns:
         ``{"CP@k", "CR@k", "CF1@k", "OP@k", "OR@k", "OF1@k"}`` in percent, with the same
@@ -243,10 +276,11 @@ def topk_metrics(scores: Any, targets: Any, k: int = 3, classes: Sequence[int] |
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= m:
         raise ValueError(f"Expected argument `k` to be an integer in [1, {m}] (the number of classes), but got {k!r}.")
     idx = _check_classes(classes, m)
+    mask = _check_ignore(ignore, s.shape)
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
     pred = np.zeros(s.shape, dtype=bool)
     pred[np.arange(n)[:, None], top] = True
-    return _prf(pred[:, idx], y[:, idx], suffix=f"@{k}")
+    return _prf(pred[:, idx], y[:, idx], suffix=f"@{k}", ignore=None if mask is None else mask[:, idx])
 
 
 def attribute_metrics(scores: Any, targets: Any, threshold: float = 0.5) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cml_bench.store import MemmapRows, Store, StorePart, open_store, partial_path, write_store
+from cml_bench.store import MemmapRows, Store, StorePart, write_store
 from cml_bench.stream import BenchmarkMeta, MultiLabelBenchmark, MultiLabelTensorDataset, make_benchmark
 
 GROUPS = ("majority", "moderate", "minority")
@@ -328,23 +328,8 @@ def write_report_store(report: StreamReport, out: str | Path, *, builder_version
     bounds = np.cumsum([0] + [len(p.ids) for p in parts])  # part i holds rows bounds[i]:bounds[i+1]
     report.bad_images = [{**b, "split": parts[i].split, "task": parts[i].task} for b in result.bad
                          for i in [int(np.searchsorted(bounds, b["row"], side="right")) - 1]]
-    report.store_note = (f"{out} already complete for these inputs, reused (--force rebuilds it)" if result.reused
-                         else f"{out} written, resumed from row {result.resumed_from_row:,}"
-                         if result.resumed_from_row else f"{out} written")
+    report.store_note = result.note(out)
     return report
-
-
-def open_prepared(root: str | None, protocol: StreamProtocol, builder_version: int) -> Store:
-    """Open the store a benchmark reads; every way it can be absent says how to prepare it."""
-    hint = protocol.prepare_hint
-    if root is None:
-        raise ValueError(f"benchmark.options.root is not set: prepare the {protocol.title} store with `{hint}`, "
-                         f"then pass --set benchmark.options.root=STORE.")
-    if not Path(root).is_dir():
-        again = " (an interrupted preparation is beside it: run the same prepare command again to finish it)" \
-            if partial_path(Path(root)).is_dir() else ""
-        raise FileNotFoundError(f"{protocol.title} store '{root}' does not exist{again}: prepare it with `{hint}`.")
-    return open_store(root, protocol.name, builder_version, rebuild_hint=f"rebuild it with `{hint} --force`")
 
 
 def benchmark_from_store(store: Store, protocol: StreamProtocol, *, default_buffer_size: int = 2000,

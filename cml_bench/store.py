@@ -1,9 +1,11 @@
 """A prepared image store: decoded, resized uint8 images that training reads by memory mapping.
 
-Layout of a store folder (generic: COCOseq, NUS-WIDEseq, NUS-WIDE)::
+Layout of a store folder (generic: the PRS streams COCOseq and NUS-WIDEseq, the single-task streams)::
 
     images.npy   uint8 [N, 3, S, S]   opened with np.load(mmap_mode="r"): no per-epoch JPEG decoding
     labels.npy   uint8 [N, M]         multi-hot rows, same order as images.npy
+    ignore.npy   uint8 [N, M]         optional: (image, class) pairs to leave out of evaluation
+                                      (VOC's "difficult" labels); only where a builder gives them
     index.json   per part (split, task): row range, image ids, per-class counts, bad images;
                  class names, builder name and version, format version, builder-specific info
 
@@ -57,6 +59,8 @@ class StorePart:
         ids: the dataset's image ids, one per row.
         paths: the image file of each row.
         labels: uint8 multi-hot ``[len(ids), M]``.
+        ignore: optional 0/1 ``[len(ids), M]``: pairs to leave out of evaluation (written to
+            ``ignore.npy`` when any part has one).
     """
 
     split: str
@@ -64,16 +68,19 @@ class StorePart:
     ids: Sequence[Any]
     paths: Sequence[str]
     labels: np.ndarray
+    ignore: np.ndarray | None = None
 
 
 @dataclass
 class Store:
-    """An opened, complete store. ``images`` and ``labels`` are read-only memory maps."""
+    """An opened, complete store. ``images``, ``labels`` (and ``ignore``, None when the store has
+    none) are read-only memory maps."""
 
     path: Path
     index: dict[str, Any]
     images: np.ndarray
     labels: np.ndarray
+    ignore: np.ndarray | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -155,6 +162,8 @@ def _fingerprint(parts: Sequence[StorePart], class_names: Sequence[str], size: i
         digest.update(json.dumps([part.split, part.task, [str(i) for i in part.ids],
                                   [str(p) for p in part.paths]]).encode())
         digest.update(np.ascontiguousarray(part.labels, dtype=np.uint8).tobytes())
+        if part.ignore is not None:  # only then: stores without a mask keep their fingerprint
+            digest.update(b"ignore" + np.ascontiguousarray(part.ignore, dtype=np.uint8).tobytes())
     return digest.hexdigest()
 
 
@@ -194,7 +203,8 @@ def open_store(path: str | Path, builder: str | None = None, builder_version: in
         raise ValueError(f"Store '{path}' is damaged: index.json lists {index['num_rows']} rows, "
                          f"images.npy has {images.shape[0]}, labels.npy {labels.shape[0]}; rebuild it "
                          f"with --force.")
-    return Store(path, index, images, labels)
+    ignore = np.load(path / "ignore.npy", mmap_mode="r") if (path / "ignore.npy").is_file() else None
+    return Store(path, index, images, labels, ignore)
 
 
 @dataclass
@@ -205,6 +215,35 @@ class BuildResult:
     reused: bool = False
     resumed_from_row: int = 0
     bad: list[dict[str, Any]] = field(default_factory=list)
+
+    def note(self, out: str | Path) -> str:
+        """One line for the preparation report: written, resumed or reused."""
+        if self.reused:
+            return f"{out} already complete for these inputs, reused (--force rebuilds it)"
+        if self.resumed_from_row:
+            return f"{out} written, resumed from row {self.resumed_from_row:,}"
+        return f"{out} written"
+
+
+def require_folders(paths: Sequence[str], hint: Callable[[Path], str]) -> None:
+    """Stop before any decoding when a whole image folder is missing; ``hint(folder)`` says how to get it."""
+    for folder in sorted({Path(p).parent for p in paths}):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Image folder '{folder}' not found: {hint(folder)}.")
+
+
+def open_prepared_store(root: str | Path | None, builder: str, builder_version: int, prepare_hint: str,
+                        what: str | None = None) -> Store:
+    """Open the store a benchmark's ``root`` option names, with errors that say how to prepare it."""
+    what = what or builder
+    if root is None:
+        raise ValueError(f"benchmark.options.root is not set: prepare the {what} store with `{prepare_hint}`, "
+                         f"then pass --set benchmark.options.root=STORE.")
+    if not Path(root).is_dir():
+        again = " (an interrupted preparation is beside it: run the same prepare command again to finish it)" \
+            if partial_path(Path(root)).is_dir() else ""
+        raise FileNotFoundError(f"{what} store '{root}' does not exist{again}: prepare it with `{prepare_hint}`.")
+    return open_store(root, builder, builder_version, rebuild_hint=f"rebuild it with `{prepare_hint} --force`")
 
 
 def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequence[str], *, builder: str,
@@ -304,6 +343,10 @@ def _allocate(tmp: Path, num_rows: int, size: int, num_classes: int, parts: Sequ
     labels = np.concatenate([np.asarray(p.labels, dtype=np.uint8).reshape(-1, num_classes) for p in parts]) \
         if parts else np.zeros((0, num_classes), np.uint8)
     np.save(tmp / "labels.npy", labels)
+    if any(p.ignore is not None for p in parts):
+        np.save(tmp / "ignore.npy", np.concatenate([
+            np.zeros((len(p.ids), num_classes), np.uint8) if p.ignore is None
+            else np.asarray(p.ignore, dtype=np.uint8).reshape(-1, num_classes) for p in parts]))
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                        shape=(num_rows, 3, size, size))
     del images  # only the header and the (sparse) size are needed; rows are written with write()

@@ -301,3 +301,68 @@ def test_doctests():
     result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ----------------------------------------------------------------------------- ignored pairs (VOC difficult)
+
+
+def test_ignored_pair_is_left_out_of_ap_and_counts_hand_case():
+    # one class: a high-scoring negative is "difficult"; ignoring it puts the positive first
+    scores = np.array([[0.9], [0.8], [0.7], [0.2]])
+    targets = np.array([[0], [1], [0], [1]])
+    ignore = np.array([[True], [False], [False], [False]])
+    plain = multilabel_metrics(scores, targets)
+    assert plain["mAP"] == pytest.approx(100 * (1 / 2 + 2 / 4) / 2)
+    res = multilabel_metrics(scores, targets, ignore=ignore)
+    assert res["mAP"] == pytest.approx(100 * (1 / 1 + 2 / 3) / 2)
+    # predictions >= 0.5: rows 0, 1, 2; row 0 ignored -> 1 TP of 2 predictions, 1 of 2 positives
+    assert (res["CP"], res["CR"], res["OP"], res["OR"]) == pytest.approx((50.0, 50.0, 50.0, 50.0))
+    assert plain["CP"] == pytest.approx(100 / 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("ties", [False, True])
+def test_ignore_equals_dropping_the_pairs(seed, ties):
+    """Every metric with a mask equals the same metric computed column by column without those rows."""
+    scores, targets = _random(seed, ties=ties)
+    ignore = np.random.default_rng(seed + 10).random(scores.shape) < 0.15
+    ignore[:, 3] = targets[:, 3] == 1  # a class whose every positive is ignored: no AP, like an empty class
+    res = multilabel_metrics(scores, targets, ignore=ignore)
+    aps, tp, n_pred, n_pos = [], [], [], []
+    for j in range(scores.shape[1]):
+        keep = ~ignore[:, j]
+        s, y = scores[keep, j], targets[keep, j]
+        if y.any():
+            aps.append(100 * average_precision_score(y, s))
+        pred = s >= 0.5
+        tp.append(int((pred & (y == 1)).sum()))
+        n_pred.append(int(pred.sum()))
+        n_pos.append(int(y.sum()))
+    tp, n_pred, n_pos = map(np.array, (tp, n_pred, n_pos))
+    assert len(aps) == scores.shape[1] - 1 and res["mAP"] == pytest.approx(np.mean(aps))
+    cp = 100 * np.mean(np.divide(tp, n_pred, out=np.zeros(len(tp)), where=n_pred > 0))
+    cr = 100 * np.mean(np.divide(tp, n_pos, out=np.zeros(len(tp)), where=n_pos > 0))
+    assert (res["CP"], res["CR"]) == pytest.approx((cp, cr))
+    assert (res["OP"], res["OR"]) == pytest.approx((100 * tp.sum() / n_pred.sum(), 100 * tp.sum() / n_pos.sum()))
+    # a class subset slices the mask with the scores
+    sub = multilabel_metrics(scores, targets, classes=[5, 1], ignore=ignore)
+    assert sub == pytest.approx(multilabel_metrics(scores[:, [5, 1]], targets[:, [5, 1]], ignore=ignore[:, [5, 1]]))
+    assert multilabel_metrics(scores, targets, ignore=np.zeros_like(ignore)) == multilabel_metrics(scores, targets)
+
+
+def test_topk_ignore_keeps_predictions_and_drops_counts():
+    scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.7]])
+    targets = np.array([[1, 0, 0], [0, 1, 1]])
+    ignore = np.array([[False, True, False], [False, False, False]])
+    # top-2: image 0 predicts {0, 1} (1 ignored), image 1 predicts {1, 2}: 3 TP of 3 counted predictions
+    res = topk_metrics(scores, targets, k=2, ignore=ignore)
+    assert (res["OP@2"], res["OR@2"]) == pytest.approx((100.0, 100.0))
+    assert topk_metrics(scores, targets, k=2)["OP@2"] == pytest.approx(75.0)
+
+
+def test_ignore_validation():
+    scores, targets = _random(0, n=5, m=3)
+    with pytest.raises(ValueError, match=r"`ignore` to have the shape of `scores` \(5, 3\), but got \(5, 2\)"):
+        multilabel_metrics(scores, targets, ignore=np.zeros((5, 2), bool))
+    with pytest.raises(ValueError, match="`ignore` to contain only 0 and 1"):
+        topk_metrics(scores, targets, ignore=np.full((5, 3), 2))
