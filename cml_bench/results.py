@@ -137,10 +137,30 @@ def find_finished(out: str | Path, config: RunConfig, strategy_label: str) -> Pa
     return _newest_run(out, config, strategy_label, "", "metrics.csv")
 
 
-def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] = ("CF1", "OF1", "mAP")) -> str:
-    """Groups x metrics after the last task on the union of all test sets, as a Markdown table."""
+# What the summary shows per metric family (see cml_bench.evaluator.FAMILY_METRICS): the paper's
+# continual columns, the generic protocol's thresholded and top-3 scores, the attribute metrics.
+SUMMARY_METRICS = {
+    "continual": ("CF1", "OF1", "mAP"),
+    "generic": ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP@3", "CR@3", "CF1@3", "OP@3", "OR@3", "OF1@3"),
+    "attribute": ("mA", "Accu", "Prec", "Recall", "F1"),
+}
+
+
+def metric_family(frame: pd.DataFrame) -> str:
+    """``continual`` | ``generic`` | ``attribute``: which family a run's metric rows belong to."""
+    names = set(frame["metric"])
+    return "attribute" if "mA" in names else "generic" if "CF1@3" in names else "continual"
+
+
+def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] | None = None) -> str:
+    """Groups x metrics after the last task on the union of all test sets, as a Markdown table.
+
+    ``metrics`` defaults to the family's columns (:data:`SUMMARY_METRICS`; CF1, OF1, mAP for a
+    continual stream).
+    """
     if frame.empty:
         return "(no results)"
+    metrics = metrics or SUMMARY_METRICS[metric_family(frame)]
     last = frame["trained_through_task"].max()
     final = frame[(frame.trained_through_task == last) & (frame.eval_on == "seen")
                   & frame.metric.isin(metrics)]

@@ -146,7 +146,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                 continue
             strategy.train(experience)
             seen = evaluator.after_task(model, task)
-            log(f"  after task {task}: mAP on seen tasks {seen['all']['mAP']:.1f}")
+            log(f"  after task {task}: {evaluator.headline} on seen tasks {seen['all'][evaluator.headline]:.1f}")
             if task < meta.num_tasks - 1:
                 save_checkpoint(staging, task, strategy, plugins, evaluator)
     evaluator.finish()
