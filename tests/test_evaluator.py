@@ -116,3 +116,25 @@ def test_generic_single_task_run_end_to_end(tiny_layer, tmp_path):
     assert set(frame.metric) == set(FAMILY_METRICS["generic"]) and len(FAMILY_METRICS["generic"]) == 13
     assert frame.value.dropna().between(0, 100).all()
     assert "CF1@3" in result.summary and ATTRIBUTE_METRICS[0] not in result.summary.split("|")
+
+
+def test_leaderboard_has_a_table_per_family_and_plots_only_for_continual(tmp_path):
+    from cml_bench.leaderboard import write_leaderboard
+    from cml_bench.results import CSV_COLUMNS
+
+    for kind in ("generic", "attribute"):
+        for seed in (0, 1):
+            bench = _bench(kind, seed=seed)
+            evaluator = Evaluator(bench, EvalConfig(), "cpu",
+                                  labels={"benchmark": bench.meta.name, "strategy": "finetune", "seed": seed})
+            evaluator.after_task(FixedModel(), 0)
+            evaluator.finish()
+            run_dir = tmp_path / bench.meta.name / "finetune" / f"seed{seed}-20260101-000000"
+            run_dir.mkdir(parents=True)
+            pd.DataFrame(evaluator.rows, columns=CSV_COLUMNS).to_csv(run_dir / "metrics.csv", index=False)
+    text = write_leaderboard(tmp_path, out_dir=tmp_path / "board")
+    assert "| strategy | overall mA | overall Accu | overall Prec | overall Recall | overall F1 |" in text
+    assert "| strategy | overall mAP | overall CF1 | overall OF1 | overall CF1@3 | overall OF1@3 |" in text
+    assert "plot_stream.png" not in text and not (tmp_path / "board" / "plot_stream.png").exists()
+    board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
+    assert {"all_mA", "all_CF1@3"} <= set(board.columns) and set(board.benchmark) == {"tiny-generic", "tiny-attribute"}
