@@ -202,6 +202,8 @@ class _ZsUnpickler(pickle.Unpickler):
         if (module, name) == ("easydict", "EasyDict"):
             return _AttrDict
         if (module, name) in self.ALLOWED:
+            if module.startswith("numpy.core.") and hasattr(np, "_core"):
+                module = module.replace("numpy.core.", "numpy._core.")  # numpy 1.x pickles under numpy 2
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 
@@ -296,7 +298,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path, *, split_file: str 
     """Read the annotations, then write the memory-mapped store at ``out`` (see :func:`write_store`)."""
     report = read_annotations(dataset, root, split_file)
     if report.unnamed and not skip_bad_images:
-        shown = "; ".join(report.unnamed[:3]) + (f" and {len(report.unnamed) - 3} more" if len(report.unnamed) > 3 else "")
+        more = len(report.unnamed) - 3
+        shown = "; ".join(report.unnamed[:3]) + (f" and {more} more" if more > 0 else "")
         raise BadImagesError(f"{report.source} lists {len(report.unnamed)} image(s) without a file name ({shown}); "
                              f"pass --skip-bad-images to leave them out.")
     info = {"source": report.source, "root": str(root), "notes": report.notes, "unnamed_rows": report.unnamed,

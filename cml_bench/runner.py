@@ -134,7 +134,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
         log(f"{label} on {meta.name}, seed {config.seed}: resuming after task {done} from {staging}")
     else:
         staging = start_run(out, config, label)
-        log(f"{label} on {meta.name}: {meta.num_tasks} tasks, {meta.num_classes} classes, "
+        log(f"{label} on {meta.name}: {meta.num_tasks} task{'s' * (meta.num_tasks != 1)}, {meta.num_classes} classes, "
             f"seed {config.seed}, device {device}")
     if spec.joint:
         strategy.train(joint_experience(benchmark))

@@ -124,7 +124,10 @@ def make_zs(root: Path, dataset: str, **overrides) -> Path:
         setattr(d, key, value)
     for i, name in enumerate(names):
         _image(root / folder / name, i)
-    (root / "dataset_zs_run0.pkl").write_bytes(pickle.dumps(d, protocol=3))
+    # the published files were written by numpy 1.x, whose arrays pickle as numpy.core.multiarray
+    blob = pickle.dumps(d, protocol=3).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"cnumpy.core.multiarray\n_reconstruct" in blob
+    (root / "dataset_zs_run0.pkl").write_bytes(blob)
     return root
 
 
@@ -235,8 +238,8 @@ def test_zs_pickle_errors(tmp_path, easydict_module):
         pedestrian.read_zs_split("peta_zs", root)
     with pytest.raises(FileNotFoundError, match="split file not found: expected .*dataset_zs_run3.pkl"):
         pedestrian.read_zs_split("rap_zs", tmp_path / "rap", tmp_path / "rap" / "dataset_zs_run3.pkl")
-    all_splits = make_zs(tmp_path / "all", "rap_zs", partition=EasyDict(train=[np.arange(3)] * 5,
-                                                                         val=[np.arange(3)] * 5, test=[np.arange(3)] * 5))
+    five = [np.arange(3)] * 5  # dataset_all.pkl: a list of five random splits per partition
+    all_splits = make_zs(tmp_path / "all", "rap_zs", partition=EasyDict(train=five, val=five, test=five))
     with pytest.raises(ValueError, match="five random splits"):
         pedestrian.read_zs_split("rap_zs", all_splits)
     (tmp_path / "evil").mkdir()
