@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from cml_bench.evaluator import ATTRIBUTE_METRICS
 from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, metric_family
 
 METRICS = ("CF1", "OF1", "mAP")
@@ -27,7 +28,7 @@ GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "min
 FAMILY_COLUMNS = {
     "continual": (METRICS, GROUPS),
     "generic": (("mAP", "CF1", "OF1", "CF1@3", "OF1@3"), ("all",)),
-    "attribute": (("mA", "Accu", "Prec", "Recall", "F1"), ("all",)),
+    "attribute": (ATTRIBUTE_METRICS, ("all",)),
 }
 REFERENCE_PREFIX = "paper: "  # strategy label of a published (reference) row; never ranked
 _STRATEGY_ORDER = ("multitask", "finetune", "ewc", "reservoir", "prs")  # the paper's row order
