@@ -145,7 +145,7 @@ def read_pa100k(root: str | Path) -> AttributeReport:
         raise ValueError("Reading annotation.mat needs scipy: pip install scipy.") from err
     try:
         mat = loadmat(mat_path)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, NotImplementedError) as err:  # v7.3 (HDF5): NotImplementedError
         raise ValueError(f"'{mat_path}' is not a readable MATLAB file ({err}).") from err
     wanted = ["attributes"] + [f"{s}_{k}" for s in SPLITS for k in ("images_name", "label")]
     absent = [k for k in wanted if k not in mat]
