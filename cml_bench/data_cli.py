@@ -54,6 +54,15 @@ def _voc2007_source(parser: argparse.ArgumentParser) -> None:
                              "and test archives")
 
 
+def _pedestrian_source(where: str, split_file: bool) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--root", required=True, metavar="DIR", help=where)
+        if split_file:
+            parser.add_argument("--split-file", metavar="FILE",
+                                help="the zero-shot split pickle (default: ROOT/dataset_zs_run0.pkl)")
+    return add
+
+
 @dataclass(frozen=True)
 class DataSource:
     """How the ``data`` commands reach one dataset.
@@ -89,6 +98,16 @@ DATASETS: dict[str, DataSource] = {
                            _coco2014_source, ("coco_root",), 448),
     "voc2007": DataSource("PASCAL VOC 2007, one task, 20 classes", "benchmarks.voc2007", "inspect", "prepare",
                           _voc2007_source, ("voc_root",), 448),
+    "pa100k": DataSource("PA-100K, one task, 26 pedestrian attributes", "benchmarks.pedestrian", "inspect",
+                         "prepare", _pedestrian_source("PA-100K folder: annotation.mat and data/", False),
+                         ("root",), (256, 192), {"dataset": "pa100k"}),
+    "rap_zs": DataSource("RAP_ZS (zero-shot split), one task, 53 pedestrian attributes", "benchmarks.pedestrian",
+                         "inspect", "prepare",
+                         _pedestrian_source("RAPv2 folder: dataset_zs_run0.pkl and RAP_dataset/", True),
+                         ("root", "split_file"), (256, 192), {"dataset": "rap_zs"}),
+    "peta_zs": DataSource("PETA_ZS (zero-shot split), one task, 35 pedestrian attributes", "benchmarks.pedestrian",
+                          "inspect", "prepare", _pedestrian_source("PETA folder: dataset_zs_run0.pkl and images/", True),
+                          ("root", "split_file"), (256, 192), {"dataset": "peta_zs"}),
 }
 
 

@@ -5,6 +5,12 @@ its own classes (``eval_on = "task<j>"``; these fill the task x task matrix used
 and the union of the seen test sets on all seen classes (``eval_on = "seen"``; after the last task
 this is PRS's 'tally' evaluation on every test set). Each is reported for all classes and for each
 class group (majority / moderate / minority) restricted to the classes evaluated.
+
+Which metrics are computed depends on ``BenchmarkMeta.kind`` (:data:`FAMILY_METRICS`):
+``continual`` streams get mAP, CP/CR/CF1 and OP/OR/OF1; ``generic`` single-task streams add the
+top-3 variants (CP@3 ... OF1@3); ``attribute`` streams (pedestrian attributes) get mA, Accu, Prec,
+Recall and F1. A single-task stream is one experience: its ``task0`` and ``seen`` rows coincide
+and it has no forgetting rows.
 """
 from __future__ import annotations
 
@@ -21,6 +27,14 @@ from cml_bench.config import EvalConfig
 from cml_bench.stream import MultiLabelBenchmark
 
 MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+TOP_K = 3  # the generic protocol's top-3 predictions per image
+ATTRIBUTE_METRICS = ("mA", "Accu", "Prec", "Recall", "F1")
+FAMILY_METRICS = {
+    "continual": MAIN_METRICS,
+    "generic": MAIN_METRICS + tuple(f"{m}@{TOP_K}" for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")),
+    "attribute": ATTRIBUTE_METRICS,
+}
+HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA"}
 
 
 @torch.no_grad()
@@ -65,8 +79,28 @@ class Evaluator:
                               "eval_on": eval_on, "group": group, "metric": metric,
                               "value": float(value)})
 
+    def __post_init__(self) -> None:
+        if self.benchmark.meta.kind not in FAMILY_METRICS:
+            raise ValueError(f"Benchmark '{self.benchmark.meta.name}' has kind "
+                             f"'{self.benchmark.meta.kind}'; expected one of {', '.join(FAMILY_METRICS)}.")
+
+    @property
+    def headline(self) -> str:
+        """The metric a progress line shows (mAP, or mA for attribute streams)."""
+        return HEADLINE_METRIC[self.benchmark.meta.kind]
+
+    def _family_metrics(self, scores: np.ndarray, targets: np.ndarray, cols: list[int]) -> dict[str, float]:
+        kind, threshold = self.benchmark.meta.kind, self.cfg.threshold
+        if kind == "attribute":
+            return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
+        values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold)
+        if kind == "generic" and scores.shape[1] >= TOP_K:
+            # an image's top 3 are chosen among all its columns, then scored on the group's columns
+            values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols))
+        return values
+
     def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int]) -> dict[str, dict]:
-        return {group: metrics.multilabel_metrics(scores, targets, cols, threshold=self.cfg.threshold)
+        return {group: self._family_metrics(scores, targets, cols)
                 for group, cols in self._groups(classes).items()}
 
     def after_task(self, model: torch.nn.Module, trained_through: int) -> dict[str, dict[str, float]]:

@@ -16,12 +16,20 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from cml_bench.results import CSV_COLUMNS, GROUP_ORDER
+from cml_bench.evaluator import ATTRIBUTE_METRICS
+from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, metric_family
 
 METRICS = ("CF1", "OF1", "mAP")
 GROUPS = tuple(GROUP_ORDER)  # majority, moderate, minority, all ("overall" in tables and plots)
 STATS = ("mean", "std", "n")
 GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
+# Leaderboard columns (metrics, groups) of each metric family (see cml_bench.evaluator): single-task
+# streams have no class groups; generic ones show the thresholded and the top-3 F1 scores.
+FAMILY_COLUMNS = {
+    "continual": (METRICS, GROUPS),
+    "generic": (("mAP", "CF1", "OF1", "CF1@3", "OF1@3"), ("all",)),
+    "attribute": (ATTRIBUTE_METRICS, ("all",)),
+}
 REFERENCE_PREFIX = "paper: "  # strategy label of a published (reference) row; never ranked
 _STRATEGY_ORDER = ("multitask", "finetune", "ewc", "reservoir", "prs")  # the paper's row order
 _RUN_NAME = re.compile(r"^seed-?\d+-(\d{8}-\d{6})(?:-(\d+))?$")
@@ -340,7 +348,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     over seeds; column ``reference`` True for published rows), leaderboard.md, leaderboard.tex,
     accuracy_matrix.csv, plot_stream.png, plot_matrix.png and plot_groups.png. With ``compare``, the
     paper's rows (see :func:`compare_rows`) are added for COCOseq / NUS-WIDEseq benchmarks, marked
-    and never ranked. Returns the Markdown text.
+    and never ranked. Benchmarks of each metric family (:data:`FAMILY_COLUMNS`) get their own
+    tables; the plots are drawn for continual streams only. Returns the Markdown text.
     """
     from cml_bench import plots  # matplotlib only when plots are drawn
 
@@ -348,13 +357,17 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     df = load_results(root)
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    table = final_table(df)
-    if compare:
-        refs = [compare_rows(b).reindex(columns=table.columns) for b in table.index.unique(0)]
-        table = pd.concat([table] + [r for r in refs if len(r)]).sort_index()
-    parts = [_flat(per_seed_table(df), "seed")]
-    parts += [_flat(table.xs(s, axis=1, level="stat"), s) for s in STATS]
-    flat = pd.concat(parts, ignore_index=True)
+    tables, flats = [], []
+    for family, rows in _by_family(df):  # one table per metric family: its own columns
+        table = final_table(rows, *FAMILY_COLUMNS[family])
+        if compare and family == "continual":
+            refs = [compare_rows(b).reindex(columns=table.columns) for b in table.index.unique(0)]
+            table = pd.concat([table] + [r for r in refs if len(r)]).sort_index()
+        parts = [_flat(per_seed_table(rows, *FAMILY_COLUMNS[family]), "seed")]
+        parts += [_flat(table.xs(s, axis=1, level="stat"), s) for s in STATS]
+        tables.append(table)
+        flats.append(pd.concat(parts, ignore_index=True))
+    flat = pd.concat(flats, ignore_index=True)
     flat = flat.assign(reference=flat["strategy"].str.startswith(REFERENCE_PREFIX),
                        seed=flat["seed"].astype("Int64"), order=flat["row"].map(["seed", *STATS].index))
     flat = _sorted_rows(flat.set_index(["benchmark", "strategy", "order", "seed"])).reset_index()
@@ -364,19 +377,29 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     accuracy_matrix(df).to_csv(out / "accuracy_matrix.csv", index=False)
     df.to_csv(out / "all_metrics.csv", index=False)  # the tidy long format of every run, with `run`
     forgetting_table(df).to_csv(out / "forgetting.csv", index=False)
-    plots.plot_stream(df, out / "plot_stream.png")
-    plots.plot_matrix(df, out / "plot_matrix.png")
-    plots.plot_groups(df, out / "plot_groups.png")
+    continual = dict(_by_family(df)).get("continual")
+    if continual is not None:  # the plots follow mAP over a stream of tasks and class groups
+        plots.plot_stream(continual, out / "plot_stream.png")
+        plots.plot_matrix(continual, out / "plot_matrix.png")
+        plots.plot_groups(continual, out / "plot_groups.png")
 
     old = superseded_runs(df)
-    md = [f"# Leaderboard: {df['run'].nunique() - len(old)} runs under `{root}`", "", to_markdown(table)]
+    md = [f"# Leaderboard: {df['run'].nunique() - len(old)} runs under `{root}`", ""]
+    md += [to_markdown(table) for table in tables]
     if old:
         md.append(f"Ignored {len(old)} older run(s) of a (strategy, seed) that has a newer run: "
                   + ", ".join(f"`{r}`" for r in old) + "\n")
-    md.append("![mAP on all seen tasks after each task](plot_stream.png)\n\n"
-              "![mAP on task j after task i](plot_matrix.png)\n\n"
-              "![final mAP per class group](plot_groups.png)\n")
+    if continual is not None:
+        md.append("![mAP on all seen tasks after each task](plot_stream.png)\n\n"
+                  "![mAP on task j after task i](plot_matrix.png)\n\n"
+                  "![final mAP per class group](plot_groups.png)\n")
     text = "\n".join(md)
     (out / "leaderboard.md").write_text(text)
-    (out / "leaderboard.tex").write_text(to_latex(table))
+    (out / "leaderboard.tex").write_text("\n".join(to_latex(table) for table in tables))
     return text
+
+
+def _by_family(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The rows of each metric family present (continual first), a benchmark's runs all in one."""
+    family = {b: metric_family(rows) for b, rows in df.groupby("benchmark")}
+    return [(f, df[df["benchmark"].map(family) == f]) for f in FAMILY_COLUMNS if f in family.values()]

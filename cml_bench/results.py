@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from cml_bench.config import RunConfig, dump_yaml
+from cml_bench.evaluator import FAMILY_METRICS
 
 CSV_COLUMNS = ["benchmark", "strategy", "seed", "trained_through_task", "eval_on", "group", "metric", "value"]
 GROUP_ORDER = ["majority", "moderate", "minority", "all"]
@@ -137,10 +138,27 @@ def find_finished(out: str | Path, config: RunConfig, strategy_label: str) -> Pa
     return _newest_run(out, config, strategy_label, "", "metrics.csv")
 
 
-def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] = ("CF1", "OF1", "mAP")) -> str:
-    """Groups x metrics after the last task on the union of all test sets, as a Markdown table."""
+# What the summary shows per metric family: the paper's continual columns; every metric of the
+# single-task families (the generic thresholded and top-3 scores, the attribute metrics).
+SUMMARY_METRICS = {"continual": ("CF1", "OF1", "mAP"), "generic": FAMILY_METRICS["generic"],
+                   "attribute": FAMILY_METRICS["attribute"]}
+
+
+def metric_family(frame: pd.DataFrame) -> str:
+    """``continual`` | ``generic`` | ``attribute``: which family a run's metric rows belong to."""
+    names = set(frame["metric"])
+    return "attribute" if "mA" in names else "generic" if "CF1@3" in names else "continual"
+
+
+def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] | None = None) -> str:
+    """Groups x metrics after the last task on the union of all test sets, as a Markdown table.
+
+    ``metrics`` defaults to the family's columns (:data:`SUMMARY_METRICS`; CF1, OF1, mAP for a
+    continual stream).
+    """
     if frame.empty:
         return "(no results)"
+    metrics = metrics or SUMMARY_METRICS[metric_family(frame)]
     last = frame["trained_through_task"].max()
     final = frame[(frame.trained_through_task == last) & (frame.eval_on == "seen")
                   & frame.metric.isin(metrics)]

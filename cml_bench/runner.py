@@ -135,7 +135,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
         log(f"{label} on {meta.name}, seed {config.seed}: resuming after task {done} from {staging}")
     else:
         staging = start_run(out, config, label)
-        log(f"{label} on {meta.name}: {meta.num_tasks} tasks, {meta.num_classes} classes, "
+        log(f"{label} on {meta.name}: {meta.num_tasks} task{'s' * (meta.num_tasks != 1)}, {meta.num_classes} classes, "
             f"seed {config.seed}, device {device}")
     if spec.joint:
         strategy.train(joint_experience(benchmark))
@@ -147,7 +147,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                 continue
             strategy.train(experience)
             seen = evaluator.after_task(model, task)
-            log(f"  after task {task}: mAP on seen tasks {seen['all']['mAP']:.1f}")
+            log(f"  after task {task}: {evaluator.headline} on seen tasks {seen['all'][evaluator.headline]:.1f}")
             if task < meta.num_tasks - 1:
                 save_checkpoint(staging, task, strategy, plugins, evaluator)
     evaluator.finish()

@@ -2,7 +2,8 @@
 
 Layout of a store folder (generic: the PRS streams COCOseq and NUS-WIDEseq, the single-task streams)::
 
-    images.npy   uint8 [N, 3, S, S]   opened with np.load(mmap_mode="r"): no per-epoch JPEG decoding
+    images.npy   uint8 [N, 3, H, W]   opened with np.load(mmap_mode="r"): no per-epoch JPEG decoding
+                                      (H = W = S for square stores; pedestrian stores are 256 x 192)
     labels.npy   uint8 [N, M]         multi-hot rows, same order as images.npy
     ignore.npy   uint8 [N, M]         optional: (image, class) pairs to leave out of evaluation
                                       (VOC's "difficult" labels); only where a builder gives them
@@ -124,8 +125,21 @@ class MemmapRows:
         return {"path": self.path, "rows": self.rows, "_array": None}
 
 
-def read_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image file to uint8 ``[3, size, size]`` (RGB, bilinear resize, no crop: PRS's way).
+Size = int | tuple[int, int]  # a square side, or (height, width)
+
+
+def image_shape(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of a store's images from its ``size`` (a side, or a pair)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def read_image(path: str | Path, size: Size) -> np.ndarray:
+    """Decode an image file to uint8 ``[3, H, W]`` (RGB, bilinear resize, no crop: PRS's way).
+
+    ``size`` is the side of a square image or ``(height, width)``.
 
     Raises ``FileNotFoundError`` for a missing file and ``OSError`` for an unreadable or truncated
     one (Pillow reports truncation when the pixels are loaded, hence the explicit ``load``).
@@ -134,7 +148,8 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
 
     with Image.open(path) as img:
         img.load()
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        h, w = image_shape(size)
+        img = img.convert("RGB").resize((w, h), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
@@ -153,7 +168,7 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fingerprint(parts: Sequence[StorePart], class_names: Sequence[str], size: int, builder: str,
+def _fingerprint(parts: Sequence[StorePart], class_names: Sequence[str], size: Size, builder: str,
                  builder_version: int) -> str:
     """Hash of everything that determines the store's contents (resume only onto the same plan)."""
     digest = hashlib.sha1(json.dumps([FORMAT_VERSION, builder, builder_version, size, list(class_names)])
@@ -247,7 +262,7 @@ def open_prepared_store(root: str | Path | None, builder: str, builder_version: 
 
 
 def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequence[str], *, builder: str,
-                builder_version: int, size: int = 256, info: dict[str, Any] | None = None,
+                builder_version: int, size: Size = 256, info: dict[str, Any] | None = None,
                 skip_bad_images: bool = False, skip_missing: bool = False, force: bool = False,
                 chunk_rows: int = 256,
                 progress: Callable[[int, int], None] | None = None,
@@ -259,7 +274,7 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
         parts: the rows, part by part; row ranges follow this order.
         class_names: the M label columns.
         builder, builder_version: who wrote the store; opening checks them.
-        size: image side in pixels.
+        size: image side in pixels, or ``(height, width)``.
         info: builder-specific JSON (groups, reports), stored in the index.
         skip_bad_images: keep going past missing / unreadable / truncated images (they are listed
             in the index and left out of every dataset); otherwise every image is still read, so the
@@ -270,7 +285,7 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
         force: replace an existing store (of any version, or built from another plan).
         chunk_rows: rows per committed chunk (the resume granularity).
         progress: called as ``progress(rows_done, num_rows)`` after each committed chunk.
-        reader: ``reader(path, size) -> uint8 [3, size, size]``.
+        reader: ``reader(path, size) -> uint8 [3, H, W]``.
     """
     out = Path(out)
     num_rows = sum(len(p.ids) for p in parts)
@@ -313,7 +328,7 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
     except OSError as err:
         if err.errno == errno.ENOSPC:
             shutil.rmtree(tmp, ignore_errors=True)  # free the space; nothing half-written remains
-            need = num_rows * 3 * size * size / 1e9
+            need = num_rows * 3 * np.prod(image_shape(size)) / 1e9
             raise StoreSpaceError(errno.ENOSPC, f"No space left on the device while writing the store '{out}' "
                                         f"(it needs about {need:.1f} GB); nothing was kept: free space "
                                         f"and run prepare again") from err
@@ -337,7 +352,7 @@ def _load_progress(tmp: Path, fp: str) -> dict[str, Any] | None:
     return state
 
 
-def _allocate(tmp: Path, num_rows: int, size: int, num_classes: int, parts: Sequence[StorePart]) -> None:
+def _allocate(tmp: Path, num_rows: int, size: Size, num_classes: int, parts: Sequence[StorePart]) -> None:
     """Create the full-size files; reserve the image file's blocks so a full disk fails now."""
     tmp.mkdir(parents=True, exist_ok=True)
     labels = np.concatenate([np.asarray(p.labels, dtype=np.uint8).reshape(-1, num_classes) for p in parts]) \
@@ -348,7 +363,7 @@ def _allocate(tmp: Path, num_rows: int, size: int, num_classes: int, parts: Sequ
             np.zeros((len(p.ids), num_classes), np.uint8) if p.ignore is None
             else np.asarray(p.ignore, dtype=np.uint8).reshape(-1, num_classes) for p in parts]))
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                       shape=(num_rows, 3, size, size))
+                                       shape=(num_rows, 3, *image_shape(size)))
     del images  # only the header and the (sparse) size are needed; rows are written with write()
     nbytes = (tmp / "images.npy").stat().st_size
     with open(tmp / "images.npy", "r+b") as fh:
@@ -362,13 +377,13 @@ def _allocate(tmp: Path, num_rows: int, size: int, num_classes: int, parts: Sequ
             # the filesystem cannot reserve blocks (EOPNOTSUPP, EINVAL): plain writes still report ENOSPC
 
 
-def _fill(tmp: Path, parts: Sequence[StorePart], size: int, state: dict[str, Any], chunk_rows: int,
+def _fill(tmp: Path, parts: Sequence[StorePart], size: Size, state: dict[str, Any], chunk_rows: int,
           progress: Callable[[int, int], None] | None, reader: Callable[[str, int], np.ndarray]) -> None:
     """Decode and write rows from ``state['rows_done']`` on, committing progress after each chunk."""
     paths = [str(p) for part in parts for p in part.paths]
     ids = [i for part in parts for i in part.ids]
     num_rows = len(paths)
-    row_bytes = 3 * size * size
+    row_bytes = 3 * int(np.prod(image_shape(size)))
     data_offset = np.load(tmp / "images.npy", mmap_mode="r").offset  # the .npy header's length
     with open(tmp / "images.npy", "r+b") as fh:
         # Rows recorded as bad in an earlier attempt are read again: the user may have fixed them.
@@ -384,7 +399,7 @@ def _fill(tmp: Path, parts: Sequence[StorePart], size: int, state: dict[str, Any
         start = state["rows_done"]
         while start < num_rows:
             stop = min(start + chunk_rows, num_rows)
-            block = np.zeros((stop - start, 3, size, size), dtype=np.uint8)
+            block = np.zeros((stop - start, 3, *image_shape(size)), dtype=np.uint8)
             for row in range(start, stop):
                 image, reason = _try_read(reader, paths[row], size)
                 if image is None:
@@ -401,7 +416,7 @@ def _fill(tmp: Path, parts: Sequence[StorePart], size: int, state: dict[str, Any
                 progress(stop, num_rows)
 
 
-def _try_read(reader: Callable[[str, int], np.ndarray], path: str, size: int) -> tuple[np.ndarray | None, str]:
+def _try_read(reader: Callable[[str, Size], np.ndarray], path: str, size: Size) -> tuple[np.ndarray | None, str]:
     try:
         return reader(path, size), ""
     except FileNotFoundError:
@@ -421,7 +436,7 @@ def _bad_message(bad: list[dict[str, Any]], tmp: Path) -> str:
 
 
 def _index(parts: Sequence[StorePart], class_names: Sequence[str], builder: str, builder_version: int,
-           size: int, info: dict[str, Any], state: dict[str, Any], fp: str) -> dict[str, Any]:
+           size: Size, info: dict[str, Any], state: dict[str, Any], fp: str) -> dict[str, Any]:
     out_parts, start = [], 0
     for part in parts:
         stop = start + len(part.ids)
