@@ -36,6 +36,7 @@ import numpy as np
 
 from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, read_prs_lists,
                                 require_published_groups, write_report_store)
+from cml_bench.single_task import StoreOptions, register_single_task
 from cml_bench.store import open_prepared_store
 from cml_bench.stream import register_benchmark
 
@@ -256,22 +257,9 @@ def prepare_single(nuswide_root: str | Path, out: str | Path, *, size: int = SIN
                   force=force, chunk_rows=chunk_rows, progress=progress)
 
 
-@dataclass(frozen=True)
-class NuswideOptions:
-    """Options of ``nuswide``.
+NuswideOptions = StoreOptions  # ``root``: the store written by ``data prepare nuswide`` (448 px by default)
 
-    Attributes:
-        root: the store folder written by ``python -m cml_bench data prepare nuswide ... --out DIR``
-            (required; 448 px images by default).
-    """
-
-    root: str | None = None
-
-
-@register_benchmark("nuswide", options=NuswideOptions,
-                    description="NUS-WIDE: 81 concepts, official split as one task (generic), from a store "
-                                "made by `data prepare nuswide`",
-                    defaults={"model": PRS_DEFAULTS["model"]})
-def build_single(options: NuswideOptions):
-    store = open_prepared_store(options.root, SINGLE.name, BUILDER_VERSION, SINGLE_HINT, what=SINGLE.title)
-    return benchmark_from_store(store, SINGLE, kind="generic")
+build_single = register_single_task(
+    "nuswide", builder_version=BUILDER_VERSION, prepare_hint=SINGLE_HINT, what=SINGLE.title,
+    description="NUS-WIDE: 81 concepts, official split as one task (generic), from a store made by "
+                "`data prepare nuswide`")

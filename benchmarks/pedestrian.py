@@ -27,8 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cml_bench.store import BadImagesError, MemmapRows, StorePart, open_store, partial_path, write_store
-from cml_bench.stream import BenchmarkMeta, MultiLabelTensorDataset, make_benchmark, register_benchmark
+from cml_bench import single_task
+from cml_bench.store import BadImagesError, StorePart, write_store
+from cml_bench.stream import register_benchmark
 
 BUILDER_VERSION = 1
 IMAGE_SIZE = (256, 192)  # height, width: DLFL section 4.2.3 and Jia et al.'s configs
@@ -309,9 +310,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, *, split_file: str 
                          size=tuple(size), info=info, skip_bad_images=skip_bad_images, force=force,
                          chunk_rows=chunk_rows, progress=progress)
     report.bad_images = result.bad
-    report.store_note = (f"{out} already complete for these inputs, reused (--force rebuilds it)" if result.reused
-                         else f"{out} written, resumed from row {result.resumed_from_row:,}"
-                         if result.resumed_from_row else f"{out} written")
+    report.store_note = result.note(out)
     return report
 
 
@@ -335,37 +334,14 @@ class PedestrianOptions:
 
 def _build(name: str, options: PedestrianOptions):
     hint = prepare_hint(name)
-    if options.root is None:
-        raise ValueError(f"benchmark.options.root is not set: prepare the {name} store with `{hint}`, then pass "
-                         f"--set benchmark.options.root=STORE.")
     if options.train_split not in ("trainval", "train") or options.test_split not in ("test", "val"):
         raise ValueError(f"benchmark.options: train_split must be trainval or train and test_split test or val, "
                          f"got {options.train_split!r} and {options.test_split!r}.")
     if options.train_split == "trainval" and options.test_split == "val":
         raise ValueError("benchmark.options: test_split=val needs train_split=train (val is inside trainval).")
-    root = Path(options.root)
-    if not root.is_dir():
-        again = " (an interrupted preparation is beside it: run the same prepare command again to finish it)" \
-            if partial_path(root).is_dir() else ""
-        raise FileNotFoundError(f"{name} store '{root}' does not exist{again}: prepare it with `{hint}`.")
-    store = open_store(root, name, BUILDER_VERSION, rebuild_hint=f"rebuild it with `{hint} --force`")
-    train_rows = np.concatenate([store.rows(s, 0) for s in (("train", "val") if options.train_split == "trainval"
-                                                              else ("train",))])
-    test_rows = store.rows(options.test_split, 0)
-    images = store.path / "images.npy"
-    train = MultiLabelTensorDataset(MemmapRows(images, train_rows), np.asarray(store.labels[train_rows]))
-    test = MultiLabelTensorDataset(MemmapRows(images, test_rows), np.asarray(store.labels[test_rows]))
-    names = store.class_names
-    meta = BenchmarkMeta(
-        name=name,
-        class_names=tuple(names),
-        task_classes=(tuple(range(len(names))),),
-        groups={},
-        task_ids=(0,),
-        train_class_counts=tuple(int(c) for c in np.asarray(store.labels[train_rows]).sum(axis=0, dtype=np.int64)),
-        kind="attribute",
-    )
-    return make_benchmark([train], [test], meta, store=store)
+    return single_task.build(options.root, name=name, builder_version=BUILDER_VERSION, prepare_hint=hint,
+                             kind="attribute", test_split=options.test_split,
+                             train_splits=("train", "val") if options.train_split == "trainval" else ("train",))
 
 
 # DLFL section 4.2.3: ResNet-50 (ImageNet weights), 256 x 192 input, SGD lr 0.01, weight decay 1e-4,

@@ -333,11 +333,12 @@ def write_report_store(report: StreamReport, out: str | Path, *, builder_version
 
 
 def benchmark_from_store(store: Store, protocol: StreamProtocol, *, default_buffer_size: int = 2000,
-                         prs_rho: float = -0.03, kind: str = "continual") -> MultiLabelBenchmark:
-    """The stream of a store: tasks in the protocol's order, images memory-mapped, never copied into RAM.
+                         prs_rho: float = -0.03) -> MultiLabelBenchmark:
+    """The continual stream of a PRS store: tasks in the protocol's order, images memory-mapped,
+    never copied into RAM (single-task streams are built by :func:`cml_bench.single_task.build`).
 
-    Groups are the published lists recorded in the store (none for a stream without groups); a
-    task's classes are those its training images carry.
+    Groups are the published lists recorded in the store; a task's classes are those its training
+    images carry.
     """
     names = store.class_names
     datasets: dict[str, list[MultiLabelTensorDataset]] = {}
@@ -348,19 +349,15 @@ def benchmark_from_store(store: Store, protocol: StreamProtocol, *, default_buff
             datasets[split].append(MultiLabelTensorDataset(MemmapRows(store.path / "images.npy", rows),
                                                            np.asarray(store.labels[rows])))
     counts = [store.part("train", k)["class_counts"] for k in protocol.task_order]
-    published = store.index["info"].get("published_groups")
-    groups = {g: tuple(sorted(names.index(n) for n in published[g])) for g in GROUPS} if published else {}
-    task_classes = (tuple(range(len(names))),) if protocol.num_tasks == 1 else \
-        tuple(tuple(int(c) for c in np.flatnonzero(np.asarray(t) > 0)) for t in counts)
+    published = store.index["info"]["published_groups"]
     meta = BenchmarkMeta(
         name=protocol.name,
         class_names=tuple(names),
-        task_classes=task_classes,
-        groups=groups,
+        task_classes=tuple(tuple(int(c) for c in np.flatnonzero(np.asarray(t) > 0)) for t in counts),
+        groups={g: tuple(sorted(names.index(n) for n in published[g])) for g in GROUPS},
         task_ids=tuple(protocol.task_order),
         train_class_counts=tuple(int(c) for c in np.sum(counts, axis=0)),
         default_buffer_size=default_buffer_size,
         prs_rho=prs_rho,
-        kind=kind,
     )
     return make_benchmark(datasets["train"], datasets["test"], meta, store=store)

@@ -1,10 +1,10 @@
 """Single-task ("generic") streams from a prepared store: one training set, one test set.
 
 The pieces that ``benchmarks/coco2014.py`` and ``benchmarks/voc2007.py`` share: the report of what
-the annotations say (counts checked against the published numbers), preparation into a
-:mod:`cml_bench.store` (parts ``("train", 0)`` and ``("test", 0)``), and the benchmark built from
-that store: one experience, ``kind="generic"``, every class in it, no class groups; multi-epoch
-training through ``train.epochs``.
+the annotations say (counts checked against the published numbers) and preparation into a
+:mod:`cml_bench.store` (parts ``("train", 0)`` and ``("test", 0)``). :func:`build` is the one
+builder of every single-task benchmark (also ``nuswide`` and the pedestrian-attribute streams): one
+experience, every class in it, no class groups; multi-epoch training through ``train.epochs``.
 
 An optional per-pair ``ignore`` mask (VOC's "difficult" labels) follows ML-GCN's protocol: an
 ignored pair is a positive in training, and is left out of evaluation. The benchmark hands the test
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -128,13 +128,20 @@ def prepare(report: SingleTaskReport, out: str | Path, *, builder: str, builder_
     return report
 
 
-def build(root: str | None, *, name: str, builder_version: int, prepare_hint: str) -> MultiLabelBenchmark:
-    """The one-experience benchmark of the store that ``data prepare <name>`` wrote (``kind="generic"``).
+def build(root: str | None, *, name: str, builder_version: int, prepare_hint: str, what: str | None = None,
+          kind: str = "generic", train_splits: Sequence[str] = ("train",), test_split: str = "test"
+          ) -> MultiLabelBenchmark:
+    """The one-experience benchmark of the store that ``data prepare <name>`` wrote.
 
-    ``train_class_counts`` are the clear positives (VOC: difficult pairs not counted)."""
-    store = open_prepared_store(root, name, builder_version, prepare_hint, what=name)
+    Every single-task stream is built here (``coco2014``, ``voc2007``, ``nuswide``: ``kind="generic"``;
+    the pedestrian streams: ``kind="attribute"``, training on ``train`` + ``val``). The experience
+    trains on the store's ``train_splits`` parts (task 0) and tests on its ``test_split`` part.
+    ``train_class_counts`` are the clear positives (VOC: difficult pairs not counted).
+    """
+    store = open_prepared_store(root, name, builder_version, prepare_hint, what=what or name)
     names = store.class_names
-    train_rows, test_rows = store.rows("train", 0), store.rows("test", 0)
+    train_rows = np.concatenate([store.rows(split, 0) for split in train_splits])
+    test_rows = store.rows(test_split, 0)
     train_labels = np.asarray(store.labels[train_rows])
     eval_ignore = None
     if store.ignore is not None:
@@ -143,14 +150,15 @@ def build(root: str | None, *, name: str, builder_version: int, prepare_hint: st
     images = store.path / "images.npy"
     train = MultiLabelTensorDataset(MemmapRows(images, train_rows), train_labels)
     test = MultiLabelTensorDataset(MemmapRows(images, test_rows), np.asarray(store.labels[test_rows]))
+    counts = np.sum([store.part(split, 0)["class_counts"] for split in train_splits], axis=0)
     meta = BenchmarkMeta(
         name=name,
         class_names=tuple(names),
         task_classes=(tuple(range(len(names))),),
         groups={},
         task_ids=(0,),
-        train_class_counts=tuple(int(c) for c in store.part("train", 0)["class_counts"]),
-        kind="generic",
+        train_class_counts=tuple(int(c) for c in counts),
+        kind=kind,
     )
     return make_benchmark([train], [test], meta, store=store, eval_ignore=eval_ignore)
 
@@ -167,11 +175,15 @@ class StoreOptions:
     root: str | None = None
 
 
-def register_single_task(name: str, *, builder_version: int, prepare_hint: str, description: str) -> None:
-    """Register benchmark ``name``, read from stores that ``data prepare <name>`` writes (builder ``name``)."""
+def register_single_task(name: str, *, builder_version: int, prepare_hint: str, description: str,
+                         what: str | None = None, defaults: dict[str, Any] | None = None
+                         ) -> Callable[[StoreOptions], MultiLabelBenchmark]:
+    """Register generic benchmark ``name``, read from stores that ``data prepare <name>`` writes
+    (builder ``name``); returns its build function. ``defaults`` default to the papers' backbone."""
 
     def build_benchmark(options: StoreOptions) -> MultiLabelBenchmark:
-        return build(options.root, name=name, builder_version=builder_version, prepare_hint=prepare_hint)
+        return build(options.root, name=name, builder_version=builder_version, prepare_hint=prepare_hint, what=what)
 
     register_benchmark(name, options=StoreOptions, description=description,
-                       defaults={"model": PAPER_MODEL})(build_benchmark)
+                       defaults=defaults if defaults is not None else {"model": PAPER_MODEL})(build_benchmark)
+    return build_benchmark
