@@ -10,7 +10,10 @@ Which metrics are computed depends on ``BenchmarkMeta.kind`` (:data:`FAMILY_METR
 ``continual`` streams get mAP, CP/CR/CF1 and OP/OR/OF1; ``generic`` single-task streams add the
 top-3 variants (CP@3 ... OF1@3); ``attribute`` streams (pedestrian attributes) get mA, Accu, Prec,
 Recall and F1. A single-task stream is one experience: its ``task0`` and ``seen`` rows coincide
-and it has no forgetting rows.
+and it has no forgetting rows. A benchmark may give an evaluation ignore mask per test experience,
+``extra["eval_ignore"]`` (bool ``[N, M]`` or None; VOC's difficult pairs): those (image, class)
+pairs are left out of every metric (``metrics.multilabel_metrics(..., ignore=)``), in the task rows
+and in the 'seen' union.
 """
 from __future__ import annotations
 
@@ -89,37 +92,52 @@ class Evaluator:
         """The metric a progress line shows (mAP, or mA for attribute streams)."""
         return HEADLINE_METRIC[self.benchmark.meta.kind]
 
-    def _family_metrics(self, scores: np.ndarray, targets: np.ndarray, cols: list[int]) -> dict[str, float]:
+    def _family_metrics(self, scores: np.ndarray, targets: np.ndarray, cols: list[int],
+                        ignore: np.ndarray | None) -> dict[str, float]:
         kind, threshold = self.benchmark.meta.kind, self.cfg.threshold
         if kind == "attribute":
+            if ignore is not None:
+                raise ValueError(f"Benchmark '{self.benchmark.meta.name}' gives an evaluation ignore mask, "
+                                 f"which the attribute metrics do not take.")
             return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
-        values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold)
+        values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold, ignore=ignore)
         if kind == "generic" and scores.shape[1] >= TOP_K:
             # an image's top 3 are chosen among all its columns, then scored on the group's columns
-            values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols))
+            values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols, ignore=ignore))
         return values
 
-    def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int]) -> dict[str, dict]:
-        return {group: self._family_metrics(scores, targets, cols)
+    def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int],
+               ignore: np.ndarray | None = None) -> dict[str, dict]:
+        return {group: self._family_metrics(scores, targets, cols, ignore)
                 for group, cols in self._groups(classes).items()}
+
+    def _ignore(self, task: int) -> np.ndarray | None:
+        """Test task ``task``'s evaluation ignore mask (bool ``[N, M]``, VOC's difficult pairs), or None."""
+        masks = self.benchmark.extra.get("eval_ignore")
+        return None if masks is None or masks[task] is None else np.asarray(masks[task], dtype=bool)
 
     def after_task(self, model: torch.nn.Module, trained_through: int) -> dict[str, dict[str, float]]:
         """Evaluate after training through task ``trained_through``; returns the 'seen' results."""
         meta = self.benchmark.meta
-        seen_scores, seen_targets, seen_classes = [], [], []
+        seen_scores, seen_targets, seen_ignore, seen_classes = [], [], [], []
         for j in range(trained_through + 1):
             exp = self.benchmark.test_stream[j]
             scores, targets = predict(model, exp.dataset, self.cfg.batch_size, self.device,
                                       desc=f"eval task {j}")
-            for group, values in self._score(scores, targets, meta.task_classes[j]).items():
+            ignore = self._ignore(j)
+            for group, values in self._score(scores, targets, meta.task_classes[j], ignore).items():
                 self._add(trained_through, f"task{j}", group, values)
                 if group == "all":
                     for metric, value in values.items():
                         self._matrix(metric)[trained_through, j] = value
             seen_scores.append(scores)
             seen_targets.append(targets)
+            seen_ignore.append(ignore)
             seen_classes.extend(meta.task_classes[j])
-        seen = self._score(np.concatenate(seen_scores), np.concatenate(seen_targets), seen_classes)
+        # the union's mask: each task's own, nothing ignored in a task without one
+        union_ignore = None if all(m is None for m in seen_ignore) else np.concatenate(
+            [np.zeros(t.shape, dtype=bool) if m is None else m for m, t in zip(seen_ignore, seen_targets)])
+        seen = self._score(np.concatenate(seen_scores), np.concatenate(seen_targets), seen_classes, union_ignore)
         for group, values in seen.items():
             self._add(trained_through, "seen", group, values)
         return seen

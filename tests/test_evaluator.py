@@ -88,6 +88,35 @@ def test_continual_rows_are_unchanged_by_the_families():
     assert dict(zip(row.metric, row.value)) == pytest.approx(expected)
 
 
+def test_eval_ignore_mask_reaches_task_rows_and_the_seen_union():
+    """``extra["eval_ignore"]`` (one mask or None per test task) is left out of every metric."""
+    bench, model = _bench("continual", tasks=2), FixedModel()
+    scores, targets = predict(model, bench.test_stream[0].dataset, 100, "cpu")
+    # ignore the highest-scoring negatives of task 0's classes: they change every count they are in
+    mask = np.zeros(scores.shape, dtype=bool)
+    cols = list(bench.meta.task_classes[0])
+    masked_scores = np.where(targets[:, cols] == 0, scores[:, cols], -1.0)
+    mask[:, cols] = masked_scores >= np.sort(masked_scores.ravel())[-5]
+    bench.extra["eval_ignore"] = [mask, None]
+    evaluator = Evaluator(bench, EvalConfig(threshold=float(np.median(scores))), "cpu", labels={})
+    evaluator.after_task(model, 0)
+    seen = evaluator.after_task(model, 1)
+    frame = pd.DataFrame(evaluator.rows)
+
+    def rows(through: int, eval_on: str) -> dict[str, float]:
+        r = frame[(frame.trained_through_task == through) & (frame.eval_on == eval_on) & (frame.group == "all")]
+        return dict(zip(r.metric, r.value))
+
+    t = evaluator.cfg.threshold
+    expected = metrics.multilabel_metrics(scores, targets, classes=cols, threshold=t, ignore=mask)
+    assert rows(1, "task0") == pytest.approx(expected)
+    assert rows(1, "task0") != pytest.approx(metrics.multilabel_metrics(scores, targets, classes=cols, threshold=t))
+    scores1, targets1 = predict(model, bench.test_stream[1].dataset, 100, "cpu")
+    union = np.concatenate([mask, np.zeros(scores1.shape, dtype=bool)])  # task 1 has no mask
+    assert seen["all"] == pytest.approx(metrics.multilabel_metrics(
+        np.concatenate([scores, scores1]), np.concatenate([targets, targets1]), threshold=t, ignore=union))
+
+
 def test_unknown_kind_is_a_clear_error():
     with pytest.raises(ValueError, match="kind 'weird'; expected one of continual, generic, attribute"):
         Evaluator(_bench("weird"), EvalConfig(), "cpu", labels={})

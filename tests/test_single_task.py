@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from benchmarks import coco2014, voc2007
 from cml_bench.cli import main
-from cml_bench.evaluator import predict
-from cml_bench.metrics import multilabel_metrics
+from cml_bench.config import EvalConfig
+from cml_bench.evaluator import FAMILY_METRICS, Evaluator, predict
+from cml_bench.metrics import multilabel_metrics, topk_metrics
 from cml_bench.registry import BENCHMARKS
 from cml_bench.single_task import StoreOptions
 from cml_bench.store import BadImagesError, open_store
@@ -160,7 +162,7 @@ def test_coco_short_multi_epoch_run(coco_store, tmp_path):
     _, out, _ = coco_store
     frame = _short_run("coco2014", out, tmp_path / "results")
     assert set(frame.trained_through_task) == {0} and set(frame.eval_on) == {"task0", "seen"}
-    assert set(frame.group) == {"all"}
+    assert set(frame.group) == {"all"} and set(frame.metric) == set(FAMILY_METRICS["generic"])  # top-3 too
     m_ap = frame[(frame.metric == "mAP") & (frame.eval_on == "seen")].value
     assert len(m_ap) == 1 and 0 < float(m_ap.iloc[0]) <= 100
 
@@ -241,24 +243,46 @@ def test_voc_benchmark_difficult_positive_in_training_ignored_in_evaluation(voc_
     assert [np.flatnonzero(r).tolist() for r in mask] == [[], [14], [], [8]]
 
 
-def test_voc_short_run_and_evaluation_with_the_difficult_mask(voc_store, tmp_path):
-    _, out, _ = voc_store
-    frame = _short_run("voc2007", out, tmp_path / "results")
-    assert set(frame.trained_through_task) == {0} and "mAP" in set(frame.metric)
-    # what the evaluator does with extra["eval_ignore"]: the same scores, difficult pairs left out
+def test_voc_run_metrics_leave_the_difficult_pairs_out(voc_store, tmp_path):
+    """A voc2007 run's rows are the generic metrics of its final model with the difficult pairs ignored."""
     from cml_bench.models import build_model
-    from cml_bench.runner import resolve_config
+    from cml_bench.runner import resolve_config, run
 
+    _, out, _ = voc_store
+    config = resolve_config({
+        "benchmark": {"name": "voc2007", "options": {"root": str(out)}},
+        "strategy": {"name": "finetune"},
+        "model": {"backbone": "resnet10t", "pretrained": False, "feature_level": 3, "stem_pool": False},
+        "train": {"epochs": 2, "batch_size": 4},
+        "eval": {"batch_size": 50},
+    })
+    result = run(config, tmp_path / "results", log=lambda *a, **k: None)
+    frame = pd.read_csv(result.path / "metrics.csv")
+    assert set(frame.metric) == set(FAMILY_METRICS["generic"])  # the top-3 rows of the generic family
     bench = _bench("voc2007", str(out))
-    config = resolve_config({"benchmark": {"name": "voc2007", "options": {"root": str(out)}},
-                             "model": {"backbone": "resnet10t", "pretrained": False, "feature_level": 3,
-                                       "stem_pool": False}})
     model = build_model(config.model, bench.meta.num_classes)
-    scores, targets = predict(model, bench.test_stream[0].dataset, 8, "cpu")
+    model.load_state_dict(torch.load(result.path / "model.pt"))
+    scores, targets = predict(model, bench.test_stream[0].dataset, 50, "cpu")
     (mask,) = bench.extra["eval_ignore"]
-    # person: test image 000002 (row 1) is difficult -> scored as if that image were not there
-    person = multilabel_metrics(scores, targets, classes=[14], ignore=mask)
-    assert person == pytest.approx(multilabel_metrics(scores[[0, 2, 3]][:, [14]], targets[[0, 2, 3]][:, [14]]))
+    expected = multilabel_metrics(scores, targets, ignore=mask) | topk_metrics(scores, targets, k=3, ignore=mask)
+    for eval_on in ("task0", "seen"):
+        rows = frame[(frame.eval_on == eval_on) & (frame.group == "all")]
+        assert dict(zip(rows.metric, rows.value)) == pytest.approx(expected)
+
+
+def test_voc_evaluator_difficult_pairs_are_neither_predictions_nor_positives(voc_store):
+    """Every label predicted: the 2 difficult test pairs leave the 80 predictions (OP 4/78, not 4/80)."""
+    _, out, _ = voc_store
+    bench = _bench("voc2007", str(out))
+
+    class Everything(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 20), 4.0)
+
+    seen = Evaluator(bench, EvalConfig(), "cpu", labels={}).after_task(Everything(), 0)
+    assert seen["all"]["OP"] == pytest.approx(100 * 4 / 78) and seen["all"]["OR"] == 100
+    targets = np.stack([y.numpy() for _, y, _ in bench.test_stream[0].dataset])
+    assert multilabel_metrics(np.full((4, 20), 0.98), targets)["OP"] == pytest.approx(100 * 4 / 80)  # unmasked
 
 
 # ---------------------------------------------------------------------------- errors and commands
