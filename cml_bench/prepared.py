@@ -1,10 +1,12 @@
-"""What every real-data stream shares: its published numbers, the preparation report, the PRS id
-lists and group lists, and the benchmark assembled from a prepared :mod:`cml_bench.store`.
+"""What the PRS streams (COCOseq, NUS-WIDEseq) share: their published numbers, the preparation
+report, the PRS id lists and group lists, and the continual benchmark assembled from a prepared
+:mod:`cml_bench.store`.
 
 A dataset module (``benchmarks/cocoseq.py``, ``benchmarks/nuswide.py``) only reads its own files
 into a :class:`StreamReport` (ids, multi-hot labels and image paths per ``(split, task)``); the
 counts, the groups the counts imply, the check against PROTOCOL.md, the store and the benchmark
-come from here.
+come from here. (The single-task ``nuswide`` stream uses the report and the store writer too; its
+benchmark, like every single-task one, comes from :func:`cml_bench.single_task.build`.)
 """
 from __future__ import annotations
 
