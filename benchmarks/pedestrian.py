@@ -103,16 +103,8 @@ class AttributeReport:
         if self.missing_files is not None:
             lines.append(f"\nImage files missing on disk: {len(self.missing_files):,}"
                          + (f" (first: {', '.join(self.missing_files[:3])})" if self.missing_files else ""))
-        if self.bad_images:
-            lines.append(f"\n{len(self.bad_images)} bad image(s) left out (--skip-bad-images):")
-            lines += [f"  {b['path']} ({b['reason']})" for b in self.bad_images]
-        if self.store_note:
-            lines.append(f"\nStore: {self.store_note}")
-        mism = self.mismatches()
-        lines.append("\nCheck against the published numbers: " + ("all counts match" if not mism
-                                                                   else f"{len(mism)} difference(s):"))
-        lines += [f"  {m}" for m in mism]
-        return "\n".join(lines)
+        return "\n".join(lines + single_task.closing_lines(self.bad_images, self.store_note,
+                                                          "the published numbers", self.mismatches()))
 
 
 # ----------------------------------------------------------------------------- PA-100K

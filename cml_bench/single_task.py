@@ -99,16 +99,20 @@ class SingleTaskReport:
             if has_ignore:
                 line += f"  (+{int(self.ignored_counts('train')[c])} / +{int(self.ignored_counts('test')[c])})"
             lines.append(line)
-        if self.bad_images:
-            lines.append(f"\n{len(self.bad_images)} bad image(s) left out (--skip-bad-images):")
-            lines += [f"  {b['path']} ({b['reason']})" for b in self.bad_images]
-        if self.store_note:
-            lines.append(f"\nStore: {self.store_note}")
-        mism = self.mismatches()
-        lines.append(f"\nCheck against {self.source}: " + ("all counts match" if not mism else
-                                                             f"{len(mism)} difference(s):"))
-        lines += [f"  {m}" for m in mism]
-        return "\n".join(lines)
+        return "\n".join(lines + closing_lines(self.bad_images, self.store_note, self.source, self.mismatches()))
+
+
+def closing_lines(bad_images: list[dict[str, Any]], store_note: str, source: str, mismatches: list[str]) -> list[str]:
+    """The end of a single-task preparation report: images left out, the store, the count check."""
+    lines = []
+    if bad_images:
+        lines.append(f"\n{len(bad_images)} bad image(s) left out (--skip-bad-images):")
+        lines += [f"  {b['path']} ({b['reason']})" for b in bad_images]
+    if store_note:
+        lines.append(f"\nStore: {store_note}")
+    lines.append(f"\nCheck against {source}: " + ("all counts match" if not mismatches else
+                                                  f"{len(mismatches)} difference(s):"))
+    return lines + [f"  {m}" for m in mismatches]
 
 
 def prepare(report: SingleTaskReport, out: str | Path, *, builder: str, builder_version: int, size: int,
