@@ -50,6 +50,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 SCHEDULERS = ("none", "plateau")
 
 
+class TrainLossScheduler(LRSchedulerPlugin):
+    """Avalanche's scheduler plugin, without its per-step warning about reading the loss as a float."""
+
+    def after_training_iteration(self, strategy, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+            super().after_training_iteration(strategy, **kwargs)
+
+
 def make_scheduler_plugins(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> list[SupervisedPlugin]:
     """``plateau``: ReduceLROnPlateau stepped after every epoch on that epoch's mean training loss
     (over every sample the step saw, replayed ones included); lr and schedule reset after each task."""
@@ -58,7 +67,7 @@ def make_scheduler_plugins(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -
     if cfg.scheduler == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-        return [LRSchedulerPlugin(scheduler, metric="train_loss", step_granularity="epoch")]
+        return [TrainLossScheduler(scheduler, metric="train_loss", step_granularity="epoch")]
     raise ValueError(f"Unknown train.scheduler '{cfg.scheduler}'. Available: {', '.join(SCHEDULERS)}.")
 
 
