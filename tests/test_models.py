@@ -283,3 +283,24 @@ def test_dynamic_swin_takes_other_sizes():
     assert model.backbone.fixed_input_size is None
     assert model.backbone(images(1, 64)).shape == (1, 192, 2, 2)
     assert model.backbone(images(1, 96)).shape == (1, 192, 3, 3)  # window 2 does not divide 3: timm pads
+
+
+def test_pretrained_swin_at_another_size_and_window_loads_through_timm(tmp_path):
+    """ImageNet weights (224 px, window 7) into a model built at 64 px with window 2: timm resizes the
+    relative position tables; every other weight arrives unchanged."""
+    import timm
+
+    arch = {k: v for k, v in TINY_SWIN_OPTIONS.items() if k != "window_size"}
+    source = timm.create_model("swin_tiny_patch4_window7_224", **arch)
+    path = tmp_path / "swin.pth"
+    torch.save(source.state_dict(), path)
+    backbone = FeatureBackbone("swin_tiny_patch4_window7_224", pretrained=True, weights_path=str(path),
+                               image_size=(64, 64), options=TINY_SWIN_OPTIONS)
+    body = backbone.body
+    torch.testing.assert_close(body.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    block = body.layers_0.blocks[0]  # timm's feature wrapper flattens layers.0 to layers_0
+    source_block = source.layers[0].blocks[0]
+    torch.testing.assert_close(block.mlp.fc1.weight, source_block.mlp.fc1.weight)
+    assert source_block.attn.relative_position_bias_table.shape[0] == 13 * 13
+    assert block.attn.relative_position_bias_table.shape[0] == 3 * 3  # resized by timm for window 2
+    assert backbone(images(1, 64)).shape == (1, 192, 2, 2)
