@@ -244,12 +244,12 @@ def shipped_configs() -> list[str]:
 def load_config(name_or_path: str | Path) -> dict[str, Any]:
     """A config layer from a YAML file, or from a shipped config given by name (e.g. ``coco2014-resnet101-448``)."""
     path = Path(name_or_path)
-    if path.is_file():
-        return load_yaml(path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return load_yaml(path)  # a path: a missing one is reported as a missing file
     shipped = SHIPPED_CONFIGS / f"{name_or_path}.yaml"
-    if path.suffix not in (".yaml", ".yml") and "/" not in str(name_or_path) and shipped.is_file():
+    if shipped.is_file():
         return load_yaml(shipped)
-    raise ConfigError(f"Config '{name_or_path}' is neither a file nor a shipped config; shipped configs: "
+    raise ConfigError(f"Config '{name_or_path}' is neither a file nor a shipped config name; shipped configs: "
                       f"{', '.join(shipped_configs())}.")
 
 
