@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from cml_bench.config import ConfigError, load_yaml
+from cml_bench.config import ConfigError, image_hw, load_config, load_yaml
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, RegistryError
 
 DESCRIPTION = """\
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cml_bench.results import find_finished, summary_table
     from cml_bench.runner import resolve_config, run, strategy_label
 
-    file_layer = load_yaml(args.config) if args.config else {}
+    file_layer = load_config(args.config) if args.config else {}
     cli_layer = merge(_parse_set(args.set), _cli_layer(args))
     names = [n.strip() for n in args.strategy.split(",")] if args.strategy else [None]
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
@@ -165,6 +165,40 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_size_arg(text: str) -> list[int]:
+    """``448`` or ``256x192`` (height x width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH (e.g. 448 or 256x192), got '{text}'")
+    return parts * (3 - len(parts))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from cml_bench.config import merge, resolve
+    from cml_bench.profile import describe, format_table, profile_model
+    from cml_bench.registry import split_head
+
+    layers = [load_config(args.config) if args.config else {}, _parse_set(args.set)]
+    if args.strategy:
+        layers.append({"strategy": {"name": args.strategy}})
+    config = resolve(*layers)
+    if "+" in config.strategy.name:
+        config.model.head = split_head(config.strategy.name)[1]
+    size = image_hw(args.image_size or config.model.image_size, "--image-size")
+    if size is None:
+        raise ConfigError("No input size: pass --image-size (e.g. 448 or 256x192) or set model.image_size.")
+    costs = profile_model(config.model, size, args.num_labels)
+    print(f"{describe(config.model, size, args.num_labels)}:\n")
+    print(format_table(costs))
+    print("\nFLOPs from torch.utils.flop_counter.FlopCounterMode on the meta device (matrix products and "
+          "convolutions,\n2 FLOPs per multiply-add; norms, activations, softmax and pooling not counted). "
+          "Papers' \"FLOPs\"\n(DLFL Tables 4-5) are usually multiply-adds: compare them with GMACs.")
+    return 0
+
+
 def _options_text(options_cls: type) -> str:
     fields = dataclasses.fields(options_cls)
     if not fields:
@@ -221,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run of the same config after its last finished task")
     run.add_argument("--rerun", action="store_true",
                      help="run even if a finished run with the same resolved config exists (default: skip it)")
-    run.add_argument("--config", metavar="FILE.yaml", help="YAML with sections benchmark, strategy, "
-                                                           "model, train, eval")
+    run.add_argument("--config", metavar="NAME|FILE.yaml",
+                     help="YAML with sections benchmark, strategy, model, train, eval, or the name of a "
+                          "shipped config (cml_bench/configs, e.g. coco2014-resnet101-448)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one config value, e.g. --set train.lr=0.01 (repeatable)")
     run.add_argument("--out", default="results", help="results folder (default: results)")
@@ -238,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set model.head=ssca (repeatable)")
     bench.set_defaults(func=cmd_bench_loop)
+
+    prof = sub.add_parser("profile", help="parameters and FLOPs / MACs of a model config at an input size",
+                          description="Parameters and FLOPs (and MACs = FLOPs / 2) of the backbone, the head "
+                                      "and the whole model, for one image, counted on the meta device.")
+    prof.add_argument("--config", metavar="NAME|FILE.yaml", help="a shipped config name or a YAML file")
+    prof.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one config value, e.g. --set model.ssca_modules=3 (repeatable)")
+    prof.add_argument("--strategy", help="strategy name; only its head suffix matters (e.g. finetune+ssca)")
+    prof.add_argument("--image-size", type=_image_size_arg, metavar="SIZE|HxW",
+                      help="input size, e.g. 448 or 256x192 (default: model.image_size)")
+    prof.add_argument("--num-labels", type=int, default=80, help="number of labels M (default 80, MS-COCO)")
+    prof.set_defaults(func=cmd_profile)
 
     board = sub.add_parser("leaderboard", help="mean ± std over seeds of every strategy in a results folder")
     board.add_argument("results_dir", help="a folder of run folders (e.g. results)")
