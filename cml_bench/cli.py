@@ -88,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """A grid of runs, here or on a Ray cluster; finished runs are skipped, interrupted ones resume."""
+    from pathlib import Path
+
     from cml_bench.config import merge
     from cml_bench.sweep import (LocalExecutor, RayExecutor, expand_grid, parse_list, parse_seeds, plan_runs,
                                  run_sweep, summary_text)
@@ -99,13 +101,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
                           benchmarks=parse_list(args.benchmark),
                           seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
+    out = args.out
     if args.executor == "ray":
         executor = RayExecutor(args.address, max_retries=args.max_retries)
+        out = str(Path(out).resolve())  # the workers' working folder is not ours
     else:
         if args.address:
             raise ConfigError("--address is for --executor ray; the local executor needs none.")
         executor = LocalExecutor(args.workers)
-    report = run_sweep(plan_runs(configs, args.out, rerun=args.rerun), args.out, executor,
+    report = run_sweep(plan_runs(configs, out, rerun=args.rerun), out, executor,
                        cpus=args.cpus_per_run, gpus=args.gpus_per_run)
     print(summary_text(report, args.out))
     return 1 if report.failed else 0

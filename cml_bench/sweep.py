@@ -347,7 +347,6 @@ def run_sweep(planned: Sequence[PlannedRun], out: str | Path, executor: LocalExe
     todo = [i for i, p in enumerate(report.planned) if p.done is None]
     progress = Progress(len(report.planned), len(report.planned) - len(todo), stream)
     progress.show(force=True)
-    start = time.perf_counter()
     runs = [report.planned[i] for i in todo]
 
     def started(_: int) -> None:
@@ -370,7 +369,7 @@ def run_sweep(planned: Sequence[PlannedRun], out: str | Path, executor: LocalExe
                 progress.failed += 1
         progress.show()
     progress.close()
-    report.wall_time_s = time.perf_counter() - start
+    report.wall_time_s = time.monotonic() - progress.start
     return report
 
 
