@@ -229,7 +229,10 @@ class RayExecutor:
             # no worker output on the driver: it would break the progress line (it is in the nodes' logs)
             ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
         except Exception as err:  # noqa: BLE001 - connection / authentication problems, in one line
-            raise ConfigError(f"Could not join the Ray cluster at {self.address}: {first_line(err)}") from None
+            cause = f" ({first_line(err.__cause__)})" if err.__cause__ is not None else ""
+            raise ConfigError(f"Could not join the Ray cluster at {self.address}: {first_line(err)}{cause}; "
+                              f"if it uses token authentication, set RAY_AUTH_MODE=token and its token "
+                              f"(RAY_AUTH_TOKEN or ~/.ray/auth_token) here too.") from None
 
     def execute(self, runs: Sequence[PlannedRun], out: str, cpus: int, gpus: Callable[[RunConfig], float],
                 on_start: Callable[[int], None]) -> Iterator[tuple[int, Outcome]]:
