@@ -247,16 +247,19 @@ class RayExecutor:
                                  name=f"cml_bench {item.name}").remote(item.config, out, cpus)
             refs[ref] = i
             on_start(i)  # submitted: running, or waiting for a free slot on the cluster
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
-            if not ready:
-                yield -1, Outcome()
-            for ref in ready:
-                i = refs.pop(ref)
-                try:
-                    yield i, ray.get(ref)
-                except Exception as err:  # noqa: BLE001 - retries used up (worker / node died each time)
-                    yield i, Outcome(error=first_line(err))
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+                if not ready:
+                    yield -1, Outcome()
+                for ref in ready:
+                    i = refs.pop(ref)
+                    try:
+                        yield i, ray.get(ref)
+                    except Exception as err:  # noqa: BLE001 - retries used up (worker / node died each time)
+                        yield i, Outcome(error=first_line(err))
+        finally:
+            ray.shutdown()  # leaves the cluster; runs still in flight are cancelled and resume next time
 
 
 # --- the driver: progress line and summary ---------------------------------------------------------
