@@ -61,22 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cml_bench.config import merge
-    from cml_bench.results import find_finished, summary_table
-    from cml_bench.runner import resolve_config, run, strategy_label
+    from cml_bench.results import summary_table
+    from cml_bench.runner import run
+    from cml_bench.sweep import expand_grid, parse_list, plan_runs
 
     file_layer = load_config(args.config) if args.config else {}
     cli_layer = merge(_parse_set(args.set), _cli_layer(args))
-    names = [n.strip() for n in args.strategy.split(",")] if args.strategy else [None]
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
-    configs = []
-    for name in names:
-        layer = merge(cli_layer, {"strategy": {"name": name}}) if name else cli_layer
-        config = resolve_config(file_layer, layer)
-        for k in range(args.seeds or 1):
-            configs.append(resolve_config(file_layer, layer, {"seed": config.seed + k}))
-    for config in configs:
-        label = strategy_label(config)
-        done = None if args.rerun else find_finished(args.out, config, label)
+    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy), n_seeds=args.seeds or 1)
+    for item in plan_runs(configs, args.out, rerun=args.rerun):
+        config, label, done = item.config, item.label, item.done
         if done is not None:
             print(f"{label} on {config.benchmark.name}, seed {config.seed}: already done with this "
                   f"config, skipped ({done}; --rerun runs it again)")
@@ -90,6 +84,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary)
         print(f"\nResults: {done}/metrics.csv (config, manifest and summary beside it)\n")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A grid of runs, here or on a Ray cluster; finished runs are skipped, interrupted ones resume."""
+    from pathlib import Path
+
+    from cml_bench.config import merge
+    from cml_bench.sweep import (LocalExecutor, RayExecutor, expand_grid, parse_list, parse_seeds, plan_runs,
+                                 run_sweep, summary_text)
+
+    file_layer = load_yaml(args.config) if args.config else {}
+    cli_layer = _parse_set(args.set)
+    if args.device is not None:
+        cli_layer = merge(cli_layer, {"device": args.device})
+    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
+                          benchmarks=parse_list(args.benchmark),
+                          seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
+    out = args.out
+    if args.executor == "ray":
+        executor = RayExecutor(args.address, max_retries=args.max_retries)
+        out = str(Path(out).resolve())  # the workers' working folder is not ours
+    else:
+        if args.address:
+            raise ConfigError("--address is for --executor ray; the local executor needs none.")
+        executor = LocalExecutor(args.workers)
+    report = run_sweep(plan_runs(configs, out, rerun=args.rerun), out, executor,
+                       cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+    print(summary_text(report, args.out))
+    return 1 if report.failed else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -263,6 +286,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="results folder (default: results)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="a grid of runs (benchmarks x strategies x seeds), here or on a "
+                                          "Ray cluster", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=textwrap.dedent("""\
+        Expand benchmarks x strategies x seeds into runs and execute them: one after another here
+        (--executor local, or --workers N processes), or each as a Ray task on a cluster (--executor
+        ray --address HEAD:PORT; every node must have cml_bench installed and see --out, a shared
+        folder). Runs already finished with the same resolved config are skipped and interrupted
+        ones resume from their last task, so the same command can be submitted again after any
+        failure. Each run uses --cpus-per-run torch threads, here and on Ray alike."""))
+    sweep.add_argument("--strategy", "--strategies", dest="strategy",
+                       help="comma-separated strategies with optional head suffix, e.g. prs,prs+ssca")
+    sweep.add_argument("--benchmark", "--benchmarks", dest="benchmark",
+                       help="comma-separated benchmarks (default: the config's, synth-cocoseq)")
+    sweep.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4 (default: the config's seed)")
+    sweep.add_argument("--config", metavar="FILE.yaml", help="YAML overrides shared by every run")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value for every run (repeatable)")
+    sweep.add_argument("--device", help="cpu or cuda for every run (default cpu); on Ray use cuda, not cuda:N")
+    sweep.add_argument("--out", default="results", help="results folder, shared by all nodes (default: results)")
+    sweep.add_argument("--rerun", action="store_true", help="run even the (benchmark, strategy, seed) runs "
+                                                            "that are already finished")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute "
+                       "(default local)")
+    sweep.add_argument("--workers", type=int, default=1, help="local executor: runs at a time, each in its "
+                                                              "own process (default 1: in this process)")
+    sweep.add_argument("--address", help="ray executor: the head's HOST:PORT (printed by `ray start --head`)")
+    sweep.add_argument("--cpus-per-run", type=int, default=1,
+                       help="CPUs each run requests on Ray and its torch thread count everywhere (default 1)")
+    sweep.add_argument("--gpus-per-run", type=float, help="ray executor: GPUs each run requests "
+                       "(default: 1 when the run's device is cuda, else 0; fractions share a GPU)")
+    sweep.add_argument("--max-retries", type=int, default=3,
+                       help="ray executor: re-executions of a run whose worker or node dies (default 3)")
+    sweep.set_defaults(func=cmd_sweep)
 
     bench = sub.add_parser("bench-loop", help="measure the training loop's overhead against a bare "
                                               "PyTorch loop")
