@@ -94,7 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from cml_bench.sweep import (LocalExecutor, RayExecutor, expand_grid, parse_list, parse_seeds, plan_runs,
                                  run_sweep, summary_text)
 
-    file_layer = load_yaml(args.config) if args.config else {}
+    file_layer = load_config(args.config) if args.config else {}
     cli_layer = _parse_set(args.set)
     if args.device is not None:
         cli_layer = merge(cli_layer, {"device": args.device})
