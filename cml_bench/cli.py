@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from cml_bench.config import ConfigError, load_yaml
+from cml_bench.config import ConfigError, image_hw, load_config, load_yaml
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, RegistryError
 
 DESCRIPTION = """\
@@ -61,22 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cml_bench.config import merge
-    from cml_bench.results import find_finished, summary_table
-    from cml_bench.runner import resolve_config, run, strategy_label
+    from cml_bench.results import summary_table
+    from cml_bench.runner import run
+    from cml_bench.sweep import expand_grid, parse_list, plan_runs
 
-    file_layer = load_yaml(args.config) if args.config else {}
+    file_layer = load_config(args.config) if args.config else {}
     cli_layer = merge(_parse_set(args.set), _cli_layer(args))
-    names = [n.strip() for n in args.strategy.split(",")] if args.strategy else [None]
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
-    configs = []
-    for name in names:
-        layer = merge(cli_layer, {"strategy": {"name": name}}) if name else cli_layer
-        config = resolve_config(file_layer, layer)
-        for k in range(args.seeds or 1):
-            configs.append(resolve_config(file_layer, layer, {"seed": config.seed + k}))
-    for config in configs:
-        label = strategy_label(config)
-        done = None if args.rerun else find_finished(args.out, config, label)
+    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy), n_seeds=args.seeds or 1)
+    for item in plan_runs(configs, args.out, rerun=args.rerun):
+        config, label, done = item.config, item.label, item.done
         if done is not None:
             print(f"{label} on {config.benchmark.name}, seed {config.seed}: already done with this "
                   f"config, skipped ({done}; --rerun runs it again)")
@@ -90,6 +84,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary)
         print(f"\nResults: {done}/metrics.csv (config, manifest and summary beside it)\n")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A grid of runs, here or on a Ray cluster; finished runs are skipped, interrupted ones resume."""
+    from pathlib import Path
+
+    from cml_bench.config import merge
+    from cml_bench.sweep import (LocalExecutor, RayExecutor, expand_grid, parse_list, parse_seeds, plan_runs,
+                                 run_sweep, summary_text)
+
+    file_layer = load_config(args.config) if args.config else {}
+    cli_layer = _parse_set(args.set)
+    if args.device is not None:
+        cli_layer = merge(cli_layer, {"device": args.device})
+    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
+                          benchmarks=parse_list(args.benchmark),
+                          seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
+    out = args.out
+    if args.executor == "ray":
+        executor = RayExecutor(args.address, max_retries=args.max_retries)
+        out = str(Path(out).resolve())  # the workers' working folder is not ours
+    else:
+        if args.address:
+            raise ConfigError("--address is for --executor ray; the local executor needs none.")
+        executor = LocalExecutor(args.workers)
+    report = run_sweep(plan_runs(configs, out, rerun=args.rerun), out, executor,
+                       cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+    print(summary_text(report, args.out))
+    return 1 if report.failed else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -165,6 +188,40 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_size_arg(text: str) -> list[int]:
+    """``448`` or ``256x192`` (height x width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH (e.g. 448 or 256x192), got '{text}'")
+    return parts * (3 - len(parts))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from cml_bench.config import merge, resolve
+    from cml_bench.profile import describe, format_table, profile_model
+    from cml_bench.registry import split_head
+
+    layers = [load_config(args.config) if args.config else {}, _parse_set(args.set)]
+    if args.strategy:
+        layers.append({"strategy": {"name": args.strategy}})
+    config = resolve(*layers)
+    if "+" in config.strategy.name:
+        config.model.head = split_head(config.strategy.name)[1]
+    size = image_hw(args.image_size or config.model.image_size, "--image-size")
+    if size is None:
+        raise ConfigError("No input size: pass --image-size (e.g. 448 or 256x192) or set model.image_size.")
+    costs = profile_model(config.model, size, args.num_labels)
+    print(f"{describe(config.model, size, args.num_labels)}:\n")
+    print(format_table(costs))
+    print("\nFLOPs from torch.utils.flop_counter.FlopCounterMode on the meta device (matrix products and "
+          "convolutions,\n2 FLOPs per multiply-add; norms, activations, softmax and pooling not counted). "
+          "Papers' \"FLOPs\"\n(DLFL Tables 4-5) are usually multiply-adds: compare them with GMACs.")
+    return 0
+
+
 def _options_text(options_cls: type) -> str:
     fields = dataclasses.fields(options_cls)
     if not fields:
@@ -221,13 +278,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run of the same config after its last finished task")
     run.add_argument("--rerun", action="store_true",
                      help="run even if a finished run with the same resolved config exists (default: skip it)")
-    run.add_argument("--config", metavar="FILE.yaml", help="YAML with sections benchmark, strategy, "
-                                                           "model, train, eval")
+    run.add_argument("--config", metavar="NAME|FILE.yaml",
+                     help="YAML with sections benchmark, strategy, model, train, eval, or the name of a "
+                          "shipped config (cml_bench/configs, e.g. coco2014-resnet101-448)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one config value, e.g. --set train.lr=0.01 (repeatable)")
     run.add_argument("--out", default="results", help="results folder (default: results)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="a grid of runs (benchmarks x strategies x seeds), here or on a "
+                                          "Ray cluster", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=textwrap.dedent("""\
+        Expand benchmarks x strategies x seeds into runs and execute them: one after another here
+        (--executor local, or --workers N processes), or each as a Ray task on a cluster (--executor
+        ray --address HEAD:PORT; every node must have cml_bench installed and see --out, a shared
+        folder). Runs already finished with the same resolved config are skipped and interrupted
+        ones resume from their last task, so the same command can be submitted again after any
+        failure. Each run uses --cpus-per-run torch threads, here and on Ray alike."""))
+    sweep.add_argument("--strategy", "--strategies", dest="strategy",
+                       help="comma-separated strategies with optional head suffix, e.g. prs,prs+ssca")
+    sweep.add_argument("--benchmark", "--benchmarks", dest="benchmark",
+                       help="comma-separated benchmarks (default: the config's, synth-cocoseq)")
+    sweep.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4 (default: the config's seed)")
+    sweep.add_argument("--config", metavar="FILE.yaml", help="YAML overrides shared by every run")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value for every run (repeatable)")
+    sweep.add_argument("--device", help="cpu or cuda for every run (default cpu); on Ray use cuda, not cuda:N")
+    sweep.add_argument("--out", default="results", help="results folder, shared by all nodes (default: results)")
+    sweep.add_argument("--rerun", action="store_true", help="run even the (benchmark, strategy, seed) runs "
+                                                            "that are already finished")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute "
+                       "(default local)")
+    sweep.add_argument("--workers", type=int, default=1, help="local executor: runs at a time, each in its "
+                                                              "own process (default 1: in this process)")
+    sweep.add_argument("--address", help="ray executor: the head's HOST:PORT (printed by `ray start --head`)")
+    sweep.add_argument("--cpus-per-run", type=int, default=1,
+                       help="CPUs each run requests on Ray and its torch thread count everywhere (default 1)")
+    sweep.add_argument("--gpus-per-run", type=float, help="ray executor: GPUs each run requests "
+                       "(default: 1 when the run's device is cuda, else 0; fractions share a GPU)")
+    sweep.add_argument("--max-retries", type=int, default=3,
+                       help="ray executor: re-executions of a run whose worker or node dies (default 3)")
+    sweep.set_defaults(func=cmd_sweep)
 
     bench = sub.add_parser("bench-loop", help="measure the training loop's overhead against a bare "
                                               "PyTorch loop")
@@ -238,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set model.head=ssca (repeatable)")
     bench.set_defaults(func=cmd_bench_loop)
+
+    prof = sub.add_parser("profile", help="parameters and FLOPs / MACs of a model config at an input size",
+                          description="Parameters and FLOPs (and MACs = FLOPs / 2) of the backbone, the head "
+                                      "and the whole model, for one image, counted on the meta device.")
+    prof.add_argument("--config", metavar="NAME|FILE.yaml", help="a shipped config name or a YAML file")
+    prof.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one config value, e.g. --set model.ssca_modules=3 (repeatable)")
+    prof.add_argument("--strategy", help="strategy name; only its head suffix matters (e.g. finetune+ssca)")
+    prof.add_argument("--image-size", type=_image_size_arg, metavar="SIZE|HxW",
+                      help="input size, e.g. 448 or 256x192 (default: model.image_size)")
+    prof.add_argument("--num-labels", type=int, default=80, help="number of labels M (default 80, MS-COCO)")
+    prof.set_defaults(func=cmd_profile)
 
     board = sub.add_parser("leaderboard", help="mean ± std over seeds of every strategy in a results folder")
     board.add_argument("results_dir", help="a folder of run folders (e.g. results)")

@@ -43,6 +43,11 @@ class ModelConfig:
         gamma: logit scale of the normalised classifiers (``cos`` and ``ssca``).
         ssca_modules: number S of cascaded SSCA modules.
         ssca_dim: embedding dimension of the SSCA projections; None = the backbone's channels.
+        image_size: training input size, ``448`` or ``[H, W]``; batches are resized to it on the
+            device where they enter the model. None = as stored. Backbones with a fixed input size
+            (Swin, ViT: timm ``PatchEmbed``) are built for it (timm ``img_size``).
+        backbone_options: extra keyword arguments for ``timm.create_model`` (e.g. ``window_size: 9``
+            for Swin at 576 px, ``dynamic_img_size: true`` to accept other input sizes).
     """
 
     backbone: str = "resnet101"
@@ -54,6 +59,8 @@ class ModelConfig:
     gamma: float = 30.0
     ssca_modules: int = 1
     ssca_dim: int | None = None
+    image_size: int | list[int] | None = None
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +74,13 @@ class TrainConfig:
         epochs: passes over each task (1 in the online protocol).
         grad_clip_value: clip every gradient element to [-v, v]; None disables.
         num_workers: DataLoader workers (0 = main process; data is in memory or memory-mapped).
+        head_lr: learning rate of the head's parameters; None = ``lr`` (one parameter group).
+        scheduler: ``none`` or ``plateau`` (ReduceLROnPlateau on the mean training loss of each
+            epoch, multiplying every group's lr by ``plateau_factor`` after ``plateau_patience``
+            epochs without improvement; reset at the end of every task).
+        augment: per-sample augmentation of training batches: ``none``, ``multiscale`` (generic
+            multi-label: multi-scale crop + horizontal flip) or ``pedestrian`` (pad-and-crop, flip,
+            Gaussian blur, random erasing); see ``cml_bench/augment.py``.
     """
 
     optimizer: str = "adam"
@@ -77,14 +91,21 @@ class TrainConfig:
     epochs: int = 1
     grad_clip_value: float | None = 5.0
     num_workers: int = 0
+    head_lr: float | None = None
+    scheduler: str = "none"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 4
+    augment: str = "none"
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation: batch size and the score threshold of the precision/recall metrics."""
+    """Evaluation: batch size, the score threshold of the precision/recall metrics, and the test
+    input size (``image_size``, ``640`` or ``[H, W]``; None = the training size ``model.image_size``)."""
 
     batch_size: int = 100
     threshold: float = 0.5
+    image_size: int | list[int] | None = None
 
 
 @dataclass
@@ -209,6 +230,41 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
     return dict(data)
+
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+"""The paper's settings shipped with the package (``--config NAME`` finds ``NAME.yaml`` here)."""
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs, for ``--config NAME``."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path) -> dict[str, Any]:
+    """A config layer from a YAML file, or from a shipped config given by name (e.g. ``coco2014-resnet101-448``)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return load_yaml(path)  # a path: a missing one is reported as a missing file
+    shipped = SHIPPED_CONFIGS / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return load_yaml(shipped)
+    raise ConfigError(f"Config '{name_or_path}' is neither a file nor a shipped config name; shipped configs: "
+                      f"{', '.join(shipped_configs())}.")
+
+
+def image_hw(size: int | list[int] | tuple[int, ...] | None, key: str) -> tuple[int, int] | None:
+    """``448`` -> ``(448, 448)``, ``[256, 192]`` -> ``(256, 192)``, None -> None; else a ConfigError naming ``key``.
+
+    >>> image_hw([256, 192], "model.image_size")
+    (256, 192)
+    """
+    if size is None:
+        return None
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+        raise ConfigError(f"{key}: expected a positive integer or [height, width], got {size!r}.")
+    return hw
 
 
 def resolve(*layers: Mapping[str, Any]) -> RunConfig:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cml_bench import metrics
+from cml_bench.augment import resize_batch
 from cml_bench.config import EvalConfig
 from cml_bench.stream import MultiLabelBenchmark
 
@@ -42,15 +43,19 @@ HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA"}
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
-            desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores ``[N, M]`` and 0/1 targets ``[N, M]`` of a dataset of ``(x, y, ...)`` items."""
+            desc: str = "eval", image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores ``[N, M]`` and 0/1 targets ``[N, M]`` of a dataset of ``(x, y, ...)`` items.
+
+    ``image_size``: resize each batch to ``(H, W)`` on the device before the model (None = as stored).
+    """
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=getattr(dataset, "collate_fn", None))
     scores, targets = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        scores.append(torch.sigmoid(model(batch[0].to(device))).float().cpu())
+        x = resize_batch(batch[0].to(device), image_size)
+        scores.append(torch.sigmoid(model(x)).float().cpu())
         targets.append(batch[1])
     model.train(was_training)
     return torch.cat(scores).numpy(), (torch.cat(targets) > 0.5).numpy().astype(np.uint8)
@@ -58,7 +63,10 @@ def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.devi
 
 @dataclass
 class Evaluator:
-    """Collects long-format metric rows over a run; see the module docstring for what is evaluated."""
+    """Collects long-format metric rows over a run; see the module docstring for what is evaluated.
+
+    ``image_size``: the test input size (``eval.image_size``, else ``model.image_size``; None = as stored).
+    """
 
     benchmark: MultiLabelBenchmark
     cfg: EvalConfig
@@ -66,6 +74,7 @@ class Evaluator:
     labels: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     matrix: dict[str, np.ndarray] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
 
     def _groups(self, classes: Iterable[int]) -> dict[str, list[int]]:
         wanted = set(classes)
@@ -123,7 +132,7 @@ class Evaluator:
         for j in range(trained_through + 1):
             exp = self.benchmark.test_stream[j]
             scores, targets = predict(model, exp.dataset, self.cfg.batch_size, self.device,
-                                      desc=f"eval task {j}")
+                                      desc=f"eval task {j}", image_size=self.image_size)
             ignore = self._ignore(j)
             for group, values in self._score(scores, targets, meta.task_classes[j], ignore).items():
                 self._add(trained_through, f"task{j}", group, values)

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
-from cml_bench.config import RunConfig, dump_yaml
+from cml_bench.config import ConfigError, RunConfig, dump_yaml, resolve
 from cml_bench.evaluator import FAMILY_METRICS
 
 CSV_COLUMNS = ["benchmark", "strategy", "seed", "trained_through_task", "eval_on", "group", "metric", "value"]
@@ -112,9 +112,15 @@ def _same_config(path: Path, wanted: dict[str, Any]) -> bool:
     import yaml
 
     try:
-        return yaml.safe_load((path / "config.yaml").read_text()) == wanted
+        stored = yaml.safe_load((path / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False  # an unreadable folder is not a run of this config
+    if stored == wanted:
+        return True
+    try:  # a run written before a config key existed ran with that key's default
+        return isinstance(stored, dict) and resolve(stored).to_dict() == wanted
+    except ConfigError:
+        return False
 
 
 def _newest_run(out: str | Path, config: RunConfig, strategy_label: str, prefix: str,

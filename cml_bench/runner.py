@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cml_bench.config import ConfigError, RunConfig, build_dataclass, resolve
+from cml_bench.config import ConfigError, RunConfig, build_dataclass, image_hw, resolve
 from cml_bench.evaluator import Evaluator
 from cml_bench.models import build_model
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
@@ -123,10 +123,15 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     model = build_model(config.model, meta.num_classes).to(device)
     ctx = StrategyContext(meta=meta, train=config.train, seed=config.seed, device=device)
     plugins = list(spec.build(options, ctx))
+    train_size = image_hw(config.model.image_size, "model.image_size")
+    eval_size = image_hw(config.eval.image_size, "eval.image_size") or train_size
+    for size in {train_size, eval_size} - {None}:  # fail before training, not at the first evaluation
+        model.backbone.check_input_size(size)
     strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device,
-                                  plugins=plugins + [ProgressPlugin()], seed=config.seed)
+                                  plugins=plugins + [ProgressPlugin()], seed=config.seed, image_size=train_size)
     evaluator = Evaluator(benchmark, config.eval, device,
-                          labels={"benchmark": meta.name, "strategy": label, "seed": config.seed})
+                          labels={"benchmark": meta.name, "strategy": label, "seed": config.seed},
+                          image_size=eval_size)
 
     staging = find_partial(out, config, label) if resume else None
     done = -1

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from cml_bench.augment import augment_batch, check_augment, resize_batch
 from cml_bench.config import TrainConfig
 
 with warnings.catch_warnings():  # Avalanche warns at import about optional QP solvers (GEM only)
     warnings.simplefilter("ignore")
-    from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+    from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin, SupervisedPlugin
     from avalanche.training.templates import SupervisedTemplate
 
 
@@ -27,13 +28,47 @@ def multilabel_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return sum(F.binary_cross_entropy_with_logits(o, targets) for o in outputs)
 
 
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict] | Iterable[torch.nn.Parameter]:
+    """All parameters (one group at ``lr``), or with ``head_lr`` set: backbone at ``lr``, head at ``head_lr``."""
+    if cfg.head_lr is None:
+        return model.parameters()  # one group, exactly as before head_lr existed
+    if not (hasattr(model, "backbone") and hasattr(model, "head")):
+        raise ValueError("train.head_lr needs a model with a backbone and a head (cml_bench.models.MultiLabelNet).")
+    return [{"params": list(model.backbone.parameters()), "lr": cfg.lr},
+            {"params": list(model.head.parameters()), "lr": cfg.head_lr}]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = parameter_groups(model, cfg)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"Unknown train.optimizer '{cfg.optimizer}'. Available: adam, sgd.")
+
+
+SCHEDULERS = ("none", "plateau")
+
+
+class TrainLossScheduler(LRSchedulerPlugin):
+    """Avalanche's scheduler plugin, without its per-step warning about reading the loss as a float."""
+
+    def after_training_iteration(self, strategy, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+            super().after_training_iteration(strategy, **kwargs)
+
+
+def make_scheduler_plugins(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> list[SupervisedPlugin]:
+    """``plateau``: ReduceLROnPlateau stepped after every epoch on that epoch's mean training loss
+    (over every sample the step saw, replayed ones included); lr and schedule reset after each task."""
+    if cfg.scheduler == "none":
+        return []
+    if cfg.scheduler == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        return [TrainLossScheduler(scheduler, metric="train_loss", step_granularity="epoch")]
+    raise ValueError(f"Unknown train.scheduler '{cfg.scheduler}'. Available: {', '.join(SCHEDULERS)}.")
 
 
 class MultiLabelTemplate(SupervisedTemplate):
@@ -43,33 +78,46 @@ class MultiLabelTemplate(SupervisedTemplate):
       plugins that call the model directly (EWC's Fisher pass) get the final ``[N, M]`` logits.
     * The training data order comes from a generator seeded by the run's seed.
     * ``grad_clip_value`` clips gradient values before every optimiser step (PRS protocol).
+    * Batches enter the model at ``image_size`` (``model.image_size``; None = as stored), training
+      batches augmented per sample by ``cfg.augment`` with draws from the data-order generator.
+    * ``cfg.scheduler`` adds Avalanche's ``LRSchedulerPlugin`` (see ``make_scheduler_plugins``).
     * Avalanche's own metrics assume integer labels, so its evaluator runs with no metrics; the
       platform's evaluator (``cml_bench.evaluator``) does the multi-label evaluation.
     """
 
     def __init__(self, *, model: torch.nn.Module, cfg: TrainConfig, device: torch.device | str,
-                 plugins: Sequence[SupervisedPlugin] = (), seed: int = 0):
+                 plugins: Sequence[SupervisedPlugin] = (), seed: int = 0,
+                 image_size: tuple[int, int] | None = None):
+        check_augment(cfg.augment)
+        optimizer = make_optimizer(model, cfg)
         with warnings.catch_warnings():  # "no loggers": on purpose, see the class docstring
             warnings.simplefilter("ignore")
             evaluator = EvaluationPlugin(loggers=[])
         super().__init__(
             model=model,
-            optimizer=make_optimizer(model, cfg),
+            optimizer=optimizer,
             criterion=multilabel_loss,
             train_mb_size=cfg.batch_size,
             train_epochs=cfg.epochs,
             eval_mb_size=cfg.batch_size,
             device=device,
-            plugins=list(plugins),
+            plugins=list(plugins) + make_scheduler_plugins(optimizer, cfg),
             evaluator=evaluator,
             eval_every=-1,
         )
         self.grad_clip_value = cfg.grad_clip_value
         self.num_workers = cfg.num_workers
         self.data_generator = torch.Generator().manual_seed(seed)
+        self.image_size = image_size
+        self.augment = cfg.augment
 
     def forward(self):
-        return self.model.forward_modules(self.mb_x)
+        x = self.mb_x
+        if self.is_training and self.augment != "none":
+            x = augment_batch(x, self.augment, self.image_size, self.data_generator)
+        else:
+            x = resize_batch(x, self.image_size)
+        return self.model.forward_modules(x)
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs):
         self.dataloader = DataLoader(

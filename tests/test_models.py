@@ -213,3 +213,94 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
     backbone = FeatureBackbone("resnet10t", pretrained=True, feature_level=3, stem_pool=False,
                                weights_path=str(path))
     assert torch.all(backbone.body.conv1[0].weight == 0.5)
+
+
+# ---------------------------------------------------------------------------- paper-scale backbones
+
+# Shapes only: on the meta device a Swin-B or ResNet-101 is built and run in about a second.
+PAPER_BACKBONES = [
+    # backbone, input, timm options, (C, H', W') of the last level
+    ("resnet101", 448, {}, (2048, 14, 14)),
+    ("resnet101", 576, {}, (2048, 18, 18)),
+    ("swin_base_patch4_window7_224", 448, {"window_size": 7}, (1024, 14, 14)),
+    ("swin_base_patch4_window7_224", 576, {"window_size": 9}, (1024, 18, 18)),
+    ("swin_base_patch4_window7_224", 576, {"window_size": 12}, (1024, 18, 18)),  # 12 pads 36 and 18
+]
+
+
+@pytest.mark.parametrize("name, size, options, shape", PAPER_BACKBONES,
+                         ids=[f"{b}-{s}-{o}" for b, s, o, _ in PAPER_BACKBONES])
+def test_paper_backbones_feature_maps(name, size, options, shape):
+    cfg = ModelConfig(backbone=name, image_size=size, backbone_options=options, head="ssca")
+    with torch.device("meta"):
+        model = build_model(cfg, 80)
+        fmap = model.backbone(torch.empty(2, 3, size, size))
+        logits = model(torch.empty(2, 3, size, size))
+    assert tuple(fmap.shape) == (2, *shape)  # Swin's channels-last tokens come out as N x C x H x W
+    assert logits.shape == (2, 80)
+    assert model.backbone.channels == shape[0]
+    assert model.head.embed[0].in_features == shape[0] == model.head.queries.shape[1]  # SSCA sized from C
+    if name.startswith("swin"):
+        assert model.backbone.fixed_input_size == (size, size)
+        blocks = [m for m in model.backbone.body.modules() if type(m).__name__ == "SwinTransformerBlock"]
+        assert {tuple(b.window_size) for b in blocks[:2]} == {(options["window_size"],) * 2}
+
+
+def test_swin_b_parameters_do_not_depend_on_image_size():
+    # Relative position tables depend on the window, not the image: Swin-B (87M with its classifier)
+    counts = {}
+    for size in (224, 448):
+        with torch.device("meta"):
+            counts[size] = count_parameters(FeatureBackbone("swin_base_patch4_window7_224", image_size=(size, size)))
+    assert counts[224] == counts[448] and round(counts[448] / 1e6, 1) == 86.7
+
+
+# A Swin small enough to run for real on a CPU in milliseconds: 4 stages of one block, C = 24..192.
+TINY_SWIN_OPTIONS = {"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 2}
+
+
+def tiny_swin(image_size: int, num_labels: int = 3, **options) -> MultiLabelNet:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_options={**TINY_SWIN_OPTIONS, **options},
+                      image_size=image_size, head="ssca")
+    return build_model(cfg, num_labels)
+
+
+def test_fixed_size_backbone_refuses_other_sizes_in_one_line():
+    model = tiny_swin(64)
+    assert model(images(1, 64)).shape == (1, 3)
+    with pytest.raises(ValueError, match=r"^Backbone 'swin_tiny_patch4_window7_224' was built for 64x64 inputs "
+                                         r"\(model.image_size\) and got 96x96: .*dynamic_img_size: true") as err:
+        model(images(1, 96))
+    assert "\n" not in str(err.value)
+    vit = FeatureBackbone("vit_tiny_patch16_224", options={"depth": 3}, image_size=(32, 32))  # fixed position embeddings
+    with pytest.raises(ValueError, match="built for 32x32 inputs"):
+        vit(images(1, 48))
+
+
+def test_dynamic_swin_takes_other_sizes():
+    model = tiny_swin(64, dynamic_img_size=True)
+    assert model.backbone.fixed_input_size is None
+    assert model.backbone(images(1, 64)).shape == (1, 192, 2, 2)
+    assert model.backbone(images(1, 96)).shape == (1, 192, 3, 3)  # window 2 does not divide 3: timm pads
+
+
+def test_pretrained_swin_at_another_size_and_window_loads_through_timm(tmp_path):
+    """ImageNet weights (224 px, window 7) into a model built at 64 px with window 2: timm resizes the
+    relative position tables; every other weight arrives unchanged."""
+    import timm
+
+    arch = {k: v for k, v in TINY_SWIN_OPTIONS.items() if k != "window_size"}
+    source = timm.create_model("swin_tiny_patch4_window7_224", **arch)
+    path = tmp_path / "swin.pth"
+    torch.save(source.state_dict(), path)
+    backbone = FeatureBackbone("swin_tiny_patch4_window7_224", pretrained=True, weights_path=str(path),
+                               image_size=(64, 64), options=TINY_SWIN_OPTIONS)
+    body = backbone.body
+    torch.testing.assert_close(body.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    block = body.layers_0.blocks[0]  # timm's feature wrapper flattens layers.0 to layers_0
+    source_block = source.layers[0].blocks[0]
+    torch.testing.assert_close(block.mlp.fc1.weight, source_block.mlp.fc1.weight)
+    assert source_block.attn.relative_position_bias_table.shape[0] == 13 * 13
+    assert block.attn.relative_position_bias_table.shape[0] == 3 * 3  # resized by timm for window 2
+    assert backbone(images(1, 64)).shape == (1, 192, 2, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cml_bench.config import ModelConfig
+from cml_bench.config import ModelConfig, image_hw
 from cml_bench.models.backbone import FeatureBackbone, PretrainedWeightsError
 from cml_bench.models.heads import CosineHead, NormalizedClassifier, PooledHead
 from cml_bench.models.ssca import SSCAHead
@@ -45,7 +45,8 @@ def build_head(cfg: ModelConfig, channels: int, num_labels: int) -> nn.Module:
 def build_model(cfg: ModelConfig, num_labels: int) -> MultiLabelNet:
     """Build backbone and head from the model section of the config."""
     backbone = FeatureBackbone(cfg.backbone, cfg.pretrained, cfg.feature_level, cfg.stem_pool,
-                               cfg.weights_path)
+                               cfg.weights_path, image_hw(cfg.image_size, "model.image_size"),
+                               cfg.backbone_options)
     return MultiLabelNet(backbone, build_head(cfg, backbone.channels, num_labels))
 
 

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+
+def _patch_embed(model: nn.Module) -> nn.Module | None:
+    """The timm ``PatchEmbed`` of a Swin/ViT-style model (it holds ``img_size``), None for CNNs."""
+    from timm.layers import PatchEmbed
+
+    return next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -20,6 +28,11 @@ class FeatureBackbone(nn.Module):
 
     Token-shaped outputs (channels-last ``[N, H', W', C]`` maps of Swin-style models) are permuted to
     ``[N, C, H', W']`` so every head sees the same layout.
+
+    ``image_size`` (``(H, W)``) is passed to timm as ``img_size`` for models with a fixed input size
+    (a timm ``PatchEmbed``: Swin, ViT); CNNs take any size and ignore it. ``options`` are further
+    ``timm.create_model`` keyword arguments (``window_size``, ``dynamic_img_size``, ...). A
+    fixed-size model refuses other input sizes with a one-line error (see ``check_input_size``).
     """
 
     def __init__(
@@ -29,11 +42,19 @@ class FeatureBackbone(nn.Module):
         feature_level: int = -1,
         stem_pool: bool = True,
         weights_path: str | None = None,
+        image_size: tuple[int, int] | None = None,
+        options: dict[str, Any] | None = None,
     ):
         super().__init__()
         import timm
 
-        probe = timm.create_model(name, pretrained=False, features_only=True)
+        self.name = name
+        kwargs = dict(options or {})
+        # Built where the caller builds (not on "meta"): its initialisation draws from the global RNG,
+        # and the body's initial weights, hence every seeded run's results, depend on that.
+        probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+        if image_size is not None and _patch_embed(probe) is not None:
+            kwargs["img_size"] = tuple(image_size)
         levels = len(probe.feature_info)
         level = feature_level % levels if -levels <= feature_level < levels else None
         if level is None:
@@ -41,7 +62,6 @@ class FeatureBackbone(nn.Module):
                 f"feature_level {feature_level} is out of range for '{name}', which has {levels} "
                 f"levels (reductions {probe.feature_info.reduction()}); use 0..{levels - 1} or -1."
             )
-        kwargs = {}
         if pretrained and weights_path:
             if not Path(weights_path).is_file():
                 raise PretrainedWeightsError(f"model.weights_path '{weights_path}' does not exist.")
@@ -70,10 +90,27 @@ class FeatureBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._channels_last = "swin" in name or getattr(self.body, "output_fmt", "NCHW") == "NHWC"
+        embed = _patch_embed(self.body)
+        # The input size a fixed-size model was built for (its position embeddings / window masks);
+        # None where any size works (CNNs, and timm's dynamic_img_size models).
+        self.fixed_input_size: tuple[int, int] | None = (
+            tuple(embed.img_size) if embed is not None and embed.strict_img_size and embed.img_size else None)
+
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """Raise a one-line ValueError if this backbone cannot take ``[H, W] = size`` inputs."""
+        fixed = self.fixed_input_size
+        if fixed is not None and tuple(size) != fixed:
+            raise ValueError(
+                f"Backbone '{self.name}' was built for {fixed[0]}x{fixed[1]} inputs (model.image_size) and "
+                f"got {size[0]}x{size[1]}: use the training size (eval.image_size: null), or build it with "
+                f"model.backbone_options.dynamic_img_size: true (timm then pads Swin windows / interpolates "
+                f"ViT position embeddings for other sizes).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
+        if self.fixed_input_size is not None:
+            self.check_input_size(x.shape[-2:])
         x = (x - self.mean) / self.std
         fmap = self.body(x)[-1]
         if self._channels_last:
