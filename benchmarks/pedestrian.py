@@ -343,7 +343,8 @@ def _build(name: str, options: PedestrianOptions):
 PAPER_DEFAULTS = {
     "model": {"backbone": "resnet50", "pretrained": True, "feature_level": -1, "stem_pool": True, "ssca_modules": 3},
     "train": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9, "batch_size": 64,
-              "epochs": 30, "grad_clip_value": None},
+              "epochs": 30, "grad_clip_value": None, "scheduler": "plateau", "plateau_factor": 0.1,
+              "plateau_patience": 4, "augment": "pedestrian"},
 }
 
 for _name, _spec in DATASETS.items():
