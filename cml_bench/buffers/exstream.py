@@ -19,13 +19,13 @@ stream samples so far; ties: the lowest index), so a rare label's samples are no
 under a frequent co-occurring label. Samples without labels are stored only while the buffer
 fills and are the first to go (a group of capacity 0).
 
-Capacities: all B slots are shared; a class's capacity is B // (number of classes seen so far),
-so it shrinks as classes arrive, and classes above it give back slots lazily:
+Capacities: all B slots are shared; a class's capacity is B // (number of classes seen so far), at
+least 1, so it shrinks as classes arrive, and classes above it give back slots lazily:
 
 1. while the buffer has free slots, every sample is stored in the next one (count 1);
 2. once full, a sample of class y with fewer points than its capacity takes a slot from the group
    furthest above its capacity (count minus capacity; ties: the lowest class), which merges its
-   two closest points (or gives up its only point);
+   two closest points (or gives up its only point); label-less points go before any class's;
 3. a sample of class y at or above capacity is merged: among y's points and the new one, the two
    closest are merged; if the new one is among them it joins a stored point (no slot, ``None``),
    otherwise it takes the slot the merge freed.
@@ -87,8 +87,8 @@ class ExStreamBuffer(KeyedBuffer):
         return self._points[: self._filled].copy()
 
     def class_capacity(self) -> int:
-        """Slots per class now: B // classes seen so far (at least 1 class)."""
-        return self._capacity // max(1, sum(n > 0 for n in self._n))
+        """Slots per class now: B // classes seen so far, at least 1."""
+        return max(1, self._capacity // max(1, sum(n > 0 for n in self._n)))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -150,11 +150,15 @@ class ExStreamBuffer(KeyedBuffer):
                 self._weight[slot] = w + 1.0
                 return None
             return self._merge(int(members[a]), int(members[b]))
-        excess = counts - cap
-        excess[self._num_classes] = counts[self._num_classes]  # label-less points: capacity 0
-        excess[group] = np.iinfo(np.int64).min
-        donor = int(np.argmax(excess))
-        assert excess[donor] > 0, "the buffer is full, so some group is above its capacity"
+        if counts[self._num_classes]:
+            donor = self._num_classes  # label-less points go first
+        else:
+            excess = counts - cap
+            excess[group] = np.iinfo(np.int64).min
+            donor = int(np.argmax(excess))
+            # the buffer is full, so some class is above its capacity, unless there are more classes
+            # than slots (capacity 1): then a class with one point gives it up
+            assert excess[donor] >= 0
         members = np.flatnonzero(self._group == donor)
         if len(members) == 1:
             return int(members[0])
