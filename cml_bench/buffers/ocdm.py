@@ -22,10 +22,11 @@ stored samples that were dropped. Labels only; no model.
 
 Multi-label adaptation: none needed; the method is designed for multi-label streams.
 
-Cost per batch: r greedy steps, each one matrix-vector product over the B + r candidates and M
-classes (removing one sample changes only the counts of its own labels, so the divergence after
-removing candidate j is (S - T - Y_j . d) / L_j' - log L_j' with S = sum C log C, T = sum C log p
-and d_c the change of C log C - C log p when C_c drops by one). ``tests/bench_prs_buffer.py`` prints
+Cost per batch: one matrix-vector product over the B + r candidates and M classes, then r greedy
+steps of O(B + r) each. The divergence after removing candidate j is (S - T - Y_j . d) / L_j' -
+log L_j', with S = sum C log C, T = sum C log p, d_c the fall of C_c log C_c - C_c log p_c when C_c
+drops by one, L_j' = L - |Y_j|; removing a sample changes d only for its own classes, so Y . d is
+updated from those columns. ``tests/bench_prs_buffer.py`` prints
 the figure per sample on the COCOseq label stream next to PRS.
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ class OCDMBuffer(ReplayBuffer):
     def __init__(self, capacity: int, num_classes: int, seed: int = 0, rho: float = -0.03) -> None:
         super().__init__(capacity, num_classes, seed)
         self.rho = check_rho(rho)
+        self._cols = np.zeros((num_classes, capacity))  # the slot labels as floats, class-major
+        self._sizes = np.zeros(capacity)  # labels per slot
 
     def _extra_state(self) -> dict[str, Any]:
         return {"rho": self.rho}
@@ -116,37 +119,60 @@ class OCDMBuffer(ReplayBuffer):
         for c in labels:
             self._n[c] += 1
 
+    def _write(self, slot: int, row: np.ndarray, labels: list[int]) -> None:
+        super()._write(slot, row, labels)
+        self._cols[:, slot] = row
+        self._sizes[slot] = len(labels)
+
+    def _after_load(self) -> None:
+        self._cols[:] = self._slots.T
+        self._sizes[:] = self._slots.sum(1)
+
     def _greedy_removal(self, incoming: np.ndarray) -> set[int]:
         """Indices (0..B-1 slots, B + k incoming row k) of the len(incoming) candidates to drop."""
-        y = np.concatenate([self._slots, incoming]).astype(float)  # [B + r, M], the memory is full
-        sizes = y.sum(1)
-        counts = y.sum(0)
+        b = self._capacity
+        y_in = incoming.astype(float)
+        sizes = np.concatenate([self._sizes, y_in.sum(1)])
+        counts = self._class_counts + y_in.sum(0)
         total = float(counts.sum())
         p = self.target()
         logp = np.zeros_like(p)
         logp[p > 0] = np.log(p[p > 0])
-        alive = np.ones(len(y), dtype=bool)
+        xl = xlogx(counts)
+        d = xl - xlogx(counts - 1) - logp  # how much S - T falls when one sample carrying c leaves
+        s_minus_t = float(xl.sum() - counts.dot(logp))
+        cols_in = y_in.T.copy()
+        v = np.concatenate([d @ self._cols, d @ cols_in])  # the fall of S - T per candidate
+        alive = np.ones(len(sizes), dtype=bool)
         dropped: set[int] = set()
         for _ in range(len(incoming)):
-            # d_c: how much S - T falls when one sample carrying c leaves (only used where C_c >= 1)
-            d = xlogx(counts) - xlogx(counts - 1) - logp
-            s_minus_t = float(xlogx(counts).sum() - counts.dot(logp))
             left = total - sizes
-            with np.errstate(divide="ignore", invalid="ignore"):
-                kl = (s_minus_t - y.dot(d)) / left - np.log(left)
             if total == 0:  # no labels at all: every removal leaves the same (empty) distribution
-                kl = np.zeros(len(y))
+                kl = np.where(alive, 0.0, np.inf)
             else:
-                kl[left <= 0] = np.inf  # removing the last labels leaves no distribution
-            kl[~alive] = np.inf
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    kl = (s_minus_t - v) / left - np.log(left)  # dropped ones: v = -inf, so +inf
+                if sizes.max() >= total:
+                    kl[left <= 0] = np.inf  # removing the last labels leaves no distribution
             best = float(kl.min())
             tied = np.flatnonzero(kl <= best + TIE_RTOL * max(1.0, abs(best)))
             j = int(tied[0] if len(tied) == 1 else tied[self.rng.integers(len(tied))])
             assert alive[j], "at least B + 1 candidates are alive at every step"
             alive[j] = False
             dropped.add(j)
-            counts -= y[j]
-            total -= sizes[j]
+            v[j] = -np.inf
+            # removing j changes the counts, hence d, of its own classes only
+            classes = (self._cols[:, j] if j < b else cols_in[:, j - b]).nonzero()[0]
+            if len(classes):
+                s_minus_t -= float(d[classes].sum())
+                total -= float(len(classes))
+                counts[classes] -= 1
+                new_xl = xlogx(counts[classes])
+                new_d = new_xl - xlogx(counts[classes] - 1) - logp[classes]
+                change = new_d - d[classes]
+                d[classes] = new_d
+                v[:b] += change @ self._cols[classes]
+                v[b:] += change @ cols_in[classes]
         return dropped
 
     def divergence(self) -> float:
