@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     walls_ocdm = [w for w, _ in passes_ocdm]
     us_prs, us_crs = float(np.median(walls_prs)), float(np.median(walls_crs))
     us_ocdm = float(np.median(walls_ocdm))
+    cpu_ocdm = float(np.median([c for _, c in passes_ocdm]))
     cpu_prs = float(np.median([c for _, c in passes_prs]))
     assert (prs.class_counts == prs.slot_labels.sum(0)).all()
     results = {"stream": shares(stream.sum(0)), "PRS": shares(prs.class_counts)}
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(median pass), OCDMBuffer {us_ocdm:.2f} (median pass, {us_ocdm / us_prs:.1f}x PRSBuffer), "
           f"ReferencePRS {us_ref:.1f}")
     print(f"the same in CPU time of this process (less sensitive to other load; not the checked figure): "
-          f"PRSBuffer {cpu_prs:.2f} (median pass), ReferencePRS {cpu_ref:.1f}, ratio {cpu_ref / cpu_prs:.1f}x")
+          f"PRSBuffer {cpu_prs:.2f} (median pass), ReferencePRS {cpu_ref:.1f}, ratio {cpu_ref / cpu_prs:.1f}x; "
+          f"OCDMBuffer {cpu_ocdm:.2f} (median pass, {cpu_ocdm / cpu_prs:.1f}x PRSBuffer)")
     print(f"admitted of the {offers} samples offered once full: PRSBuffer {adm_prs}, ReservoirBuffer {adm_crs}, "
           f"OCDMBuffer {adm_ocdm}"
           + ("" if args.skip_reference else f", ReferencePRS {adm_ref}"))
