@@ -7,11 +7,16 @@ buffer only at task boundaries, which is not this protocol.
 
 The buffer (``cml_bench.buffers``) decides which slot a sample goes to; this plugin keeps the
 payload: uint8 images and multi-hot targets in preallocated tensors on the training device.
+
+A buffer that decides on more than labels (a ``KeyedBuffer``: GSS's gradients, ExStream's features)
+gets its per-sample vectors from a ``KeyFunction`` the strategy passes as ``keys``: the plugin calls
+it on the incoming batch, and on stored samples when the buffer asks (``slot_keys``), with the model
+in eval mode (no batch-norm statistics move) after the optimiser step.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,13 +56,37 @@ class ReplayMemory:
         self.images, self.targets = state["images"], state["targets"]
 
 
-class OnlineReplayPlugin(SupervisedPlugin):
-    """Replay from a pure buffer, updated after every optimiser step (not at task boundaries)."""
+KeyFunction = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``keys(model, images, targets)`` -> float [N, D]: one vector per sample for a ``KeyedBuffer``."""
 
-    def __init__(self, buffer: ReplayBuffer, replay_batch_size: int = 10):
+
+def model_keys(keys: KeyFunction, model: torch.nn.Module, images: torch.Tensor,
+               targets: torch.Tensor) -> np.ndarray:
+    """``keys`` on a batch with the model in eval mode (restored after), as a float64 numpy array."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = keys(model, images, targets)
+    finally:
+        model.train(was_training)
+    return out.detach().to("cpu", torch.float64).numpy()
+
+
+class OnlineReplayPlugin(SupervisedPlugin):
+    """Replay from a pure buffer, updated after every optimiser step (not at task boundaries).
+
+    ``keys`` is required exactly when the buffer is a ``KeyedBuffer`` (its ``key_kind`` says what
+    the vectors must be).
+    """
+
+    def __init__(self, buffer: ReplayBuffer, replay_batch_size: int = 10, keys: KeyFunction | None = None):
         super().__init__()
+        if (buffer.key_kind is None) != (keys is None):
+            need = "no keys" if buffer.key_kind is None else f"keys= (per-sample {buffer.key_kind})"
+            raise ValueError(f"{type(buffer).__name__} needs {need} from the replay plugin.")
         self.buffer = buffer
         self.replay_batch_size = replay_batch_size
+        self.keys = keys
         self.memory = ReplayMemory(buffer.capacity)
         self._incoming: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -77,8 +106,17 @@ class OnlineReplayPlugin(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         x, y = self._incoming
         labels = (y > 0.5).cpu().numpy()
+        if self.keys is None:
+            decisions = self.buffer.offer_batch(labels)
+        else:
+            model, keys = strategy.model, self.keys
+
+            def slot_keys(slots: np.ndarray) -> np.ndarray:
+                return model_keys(keys, model, *self.memory.read(torch.as_tensor(slots, device=x.device)))
+
+            decisions = self.buffer.offer_batch(labels, keys=model_keys(keys, model, x, y), slot_keys=slot_keys)
         rows, slots = [], []
-        for row, slot in enumerate(self.buffer.offer_batch(labels)):
+        for row, slot in enumerate(decisions):
             if slot is not None:
                 rows.append(row)
                 slots.append(slot)

@@ -1,4 +1,5 @@
-"""Speed and fidelity benchmark of the vectorised PRS buffer against the plain reference.
+"""Speed and fidelity benchmark of the vectorised PRS buffer against the plain reference, and of
+OCDM next to it.
 
 Not a test (pytest does not collect it): a script to run by hand on the real label stream.
 
@@ -10,9 +11,10 @@ The stream: the training rows of the labels JSON as multi-hot vectors, tasks in 
 (``--task-order``, COCOseq default 0,3,1,2), each task's rows shuffled with ``--shuffle-seed``
 (default 0, as a training run would; pass -1 to keep file order). It is fed through the production
 ``PRSBuffer`` (seed ``--seed``), the reference ``ReferencePRS`` (seed ``--reference-seed``, a
-different one on purpose: the two are compared in distribution) and a ``ReservoirBuffer``.
+different one on purpose: the two are compared in distribution), a ``ReservoirBuffer`` and an
+``OCDMBuffer`` (seed ``--seed``, the same rho: the same target distribution as PRS).
 
-What is timed: the production buffers (``PRSBuffer``, ``ReservoirBuffer``) the way the training loop
+What is timed: the production buffers (``PRSBuffer``, ``ReservoirBuffer``, ``OCDMBuffer``) the way the training loop
 uses them (``cml_bench/replay.py``): one ``offer_batch`` call per consecutive ``--batch-size``-row
 chunk of the stream (default 10, the protocol's mini-batch), input validation included; the reference
 through its own interface, one ``offer`` call per sample. Only samples offered once the buffer is full
@@ -24,7 +26,8 @@ buffer with the same seed each time, so the very same decisions), every pass's f
 and the median pass is the one compared. The reference makes one pass (several seconds).
 
 Reported: microseconds per sample once the buffer is full, the speed ratio, per-group and per-class
-shares of label occurrences (buffer and plain stream), and PASS/FAIL lines for: production (median
+shares of label occurrences (buffer and plain stream), each buffer's KL divergence from the target
+n_c^rho (over the classes seen; OCDM's objective), and PASS/FAIL lines for: production (median
 pass) >= 50x faster per sample than the reference; production and reference per-group shares within
 2 percentage points; minority share in the PRS buffer at least twice its stream share. The exit
 status is 1 if a check fails.
@@ -47,7 +50,7 @@ for path in (HERE, HERE.parent):  # reference_prs beside this file; cml_bench in
 
 from reference_prs import ReferencePRS  # noqa: E402
 
-from cml_bench.buffers import PRSBuffer, ReservoirBuffer  # noqa: E402
+from cml_bench.buffers import OCDMBuffer, PRSBuffer, ReservoirBuffer  # noqa: E402
 
 GROUPS = ("majority", "moderate", "minority")
 SPEEDUP_TARGET = 50.0
@@ -68,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="shuffle each task's rows with this seed; -1 keeps file order")
     parser.add_argument("--capacity", type=int, default=2000)
     parser.add_argument("--rho", type=float, default=-0.03)
-    parser.add_argument("--seed", type=int, default=0, help="seed of PRSBuffer and ReservoirBuffer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PRSBuffer, ReservoirBuffer and OCDMBuffer")
     parser.add_argument("--reference-seed", type=int, default=1, help="seed of ReferencePRS")
     parser.add_argument("--batch-size", type=int, default=10,
                         help="rows per offer_batch call for the production buffers (the mini-batch)")
@@ -182,6 +185,17 @@ def shares(counts: np.ndarray) -> np.ndarray:
     return 100.0 * counts / counts.sum()
 
 
+def kl_from_target(counts: np.ndarray, n_c: np.ndarray, rho: float) -> float:
+    """KL(q || p) of the buffer's label distribution q from p_c = n_c^rho / Z over the seen classes."""
+    seen = n_c > 0
+    p = np.zeros(len(n_c))
+    p[seen] = n_c[seen].astype(float) ** rho
+    p /= p.sum()
+    q = np.asarray(counts, dtype=float) / np.sum(counts)
+    held = q > 0
+    return float((q[held] * np.log(q[held] / p[held])).sum())
+
+
 def check(ok: bool, text: str) -> bool:
     print(f"{'PASS' if ok else 'FAIL'}: {text}")
     return ok
@@ -205,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         lambda: PRSBuffer(args.capacity, m, seed=args.seed, rho=args.rho), stream, "PRSBuffer", args)
     crs, passes_crs, _, adm_crs = run_passes(
         lambda: ReservoirBuffer(args.capacity, m, seed=args.seed), stream, "ReservoirBuffer", args)
+    ocdm, passes_ocdm, _, adm_ocdm = run_passes(
+        lambda: OCDMBuffer(args.capacity, m, seed=args.seed, rho=args.rho), stream, "OCDMBuffer", args)
     walls_prs, walls_crs = [w for w, _ in passes_prs], [w for w, _ in passes_crs]
+    walls_ocdm = [w for w, _ in passes_ocdm]
     us_prs, us_crs = float(np.median(walls_prs)), float(np.median(walls_crs))
+    us_ocdm = float(np.median(walls_ocdm))
+    cpu_ocdm = float(np.median([c for _, c in passes_ocdm]))
     cpu_prs = float(np.median([c for _, c in passes_prs]))
     assert (prs.class_counts == prs.slot_labels.sum(0)).all()
     results = {"stream": shares(stream.sum(0)), "PRS": shares(prs.class_counts)}
@@ -217,20 +236,28 @@ def main(argv: list[str] | None = None) -> int:
         assert (ref.class_counts == ref.slot_labels.sum(0)).all()
         results["reference"] = shares(ref.class_counts)
     results["reservoir"] = shares(crs.class_counts)
+    results["OCDM"] = shares(ocdm.class_counts)
+    counts = {"PRS": prs.class_counts, "OCDM": ocdm.class_counts, "reservoir": crs.class_counts}
+    if not args.skip_reference:
+        counts["reference"] = ref.class_counts
 
     print(f"\nload average while running (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"on {os.cpu_count()} CPUs; the runs are sequential in one process")
-    print(f"timed: PRSBuffer and ReservoirBuffer through offer_batch on consecutive {args.batch_size}-row "
+    print(f"timed: PRSBuffer, ReservoirBuffer and OCDMBuffer through offer_batch on consecutive {args.batch_size}-row "
           f"chunks (as cml_bench/replay.py calls it, validation included), median of {args.passes} passes; "
           f"ReferencePRS through offer, one call per sample, one pass; only the {offers} samples offered "
           f"once the buffer is full (wall time)")
     print(f"µs per sample once full, each pass: PRSBuffer {' '.join(f'{x:.2f}' for x in walls_prs)}; "
-          f"ReservoirBuffer {' '.join(f'{x:.2f}' for x in walls_crs)}")
+          f"ReservoirBuffer {' '.join(f'{x:.2f}' for x in walls_crs)}; "
+          f"OCDMBuffer {' '.join(f'{x:.2f}' for x in walls_ocdm)}")
     print(f"µs per sample once full: PRSBuffer {us_prs:.2f} (median pass), ReservoirBuffer {us_crs:.2f} "
-          f"(median pass), ReferencePRS {us_ref:.1f}")
+          f"(median pass), OCDMBuffer {us_ocdm:.2f} (median pass, {us_ocdm / us_prs:.1f}x PRSBuffer), "
+          f"ReferencePRS {us_ref:.1f}")
     print(f"the same in CPU time of this process (less sensitive to other load; not the checked figure): "
-          f"PRSBuffer {cpu_prs:.2f} (median pass), ReferencePRS {cpu_ref:.1f}, ratio {cpu_ref / cpu_prs:.1f}x")
-    print(f"admitted of the {offers} samples offered once full: PRSBuffer {adm_prs}, ReservoirBuffer {adm_crs}"
+          f"PRSBuffer {cpu_prs:.2f} (median pass), ReferencePRS {cpu_ref:.1f}, ratio {cpu_ref / cpu_prs:.1f}x; "
+          f"OCDMBuffer {cpu_ocdm:.2f} (median pass, {cpu_ocdm / cpu_prs:.1f}x PRSBuffer)")
+    print(f"admitted of the {offers} samples offered once full: PRSBuffer {adm_prs}, ReservoirBuffer {adm_crs}, "
+          f"OCDMBuffer {adm_ocdm}"
           + ("" if args.skip_reference else f", ReferencePRS {adm_ref}"))
 
     print("\nper-group share of label occurrences (%):")
@@ -239,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     group_share = {c: {g: float(results[c][groups[g]].sum()) for g in GROUPS} for c in cols}
     for g in GROUPS:
         print(f"  {g:<10}{len(groups[g]):>8}" + "".join(f"{group_share[c][g]:>11.2f}" for c in cols))
+
+    n_c = prs.n_c
+    print(f"\nKL divergence of the buffer's label distribution from the target n_c^{args.rho} (seen classes, "
+          f"final n_c): " + ", ".join(f"{name} {kl_from_target(c, n_c, args.rho):.4f}" for name, c in counts.items()))
 
     print("\nper-class share of label occurrences (%), in class-index order:")
     print(f"  {'class':<16}{'group':<10}" + "".join(f"{c:>11}" for c in cols))

@@ -1,4 +1,10 @@
-"""Replay buffers: slot semantics, bookkeeping, sampling, state, PRS against its plain reference."""
+"""Replay buffers: slot semantics, bookkeeping, sampling, state, PRS against its plain reference.
+
+The tests over every buffer offer samples through ``Caller``, which plays the replay plugin: it keeps
+the stream index stored in each slot and, for a ``KeyedBuffer``, passes each sample's key vector and
+the keys of stored slots. Buffer-specific tests (what each paper says its buffer favours) are in
+``test_buffers_selection.py``.
+"""
 from __future__ import annotations
 
 import sys
@@ -39,12 +45,51 @@ def shares(counts: np.ndarray) -> np.ndarray:
     return counts / counts.sum()
 
 
+def key_of(index: np.ndarray) -> np.ndarray:
+    """[N, 3] key of stream sample ``index``: a direction turning slowly along the stream (so late
+    samples point away from early ones) plus a small per-sample wobble (no exact ties)."""
+    t = np.asarray(index, dtype=float)
+    return np.stack([np.cos(0.01 * t), np.sin(0.01 * t), 0.1 * np.sin(1.3 * t)], axis=1)
+
+
+class Caller:
+    """Plays the replay plugin: offers rows (with keys for a keyed buffer), stores what it is told."""
+
+    def __init__(self, buffer: ReplayBuffer, stored: np.ndarray | None = None, offered: int = 0):
+        self.buffer = buffer
+        self.stored = np.full(buffer.capacity, -1) if stored is None else stored.copy()
+        self.offered = offered
+
+    def offer_batch(self, rows: np.ndarray) -> list:
+        index = np.arange(self.offered, self.offered + len(rows))
+        self.offered += len(rows)
+        if self.buffer.key_kind is None:
+            slots = self.buffer.offer_batch(rows)
+        else:
+            slots = self.buffer.offer_batch(rows, keys=key_of(index), slot_keys=lambda s: key_of(self.stored[s]))
+        for i, slot in zip(index, slots):
+            if slot is not None:
+                self.stored[slot] = i
+        return slots
+
+    def offer(self, row: np.ndarray):
+        return self.offer_batch(np.asarray(row)[None])[0]
+
+    def copy_for(self, buffer: ReplayBuffer) -> "Caller":
+        return Caller(buffer, self.stored, self.offered)
+
+
+SEQUENTIAL = sorted(name for name, cls in BUFFERS.items() if not cls.decides_per_batch)
+"""Buffers whose ``offer_batch`` makes exactly the decisions of offering the rows one by one."""
+
+
 # ---------------------------------------------------------------------------- every buffer
 @pytest.mark.parametrize("name", sorted(BUFFERS))
 def test_fills_in_order_and_respects_capacity(name):
     buffer = make_buffer(name, capacity=30, num_classes=6, seed=0)
     stream = long_tailed_stream(400, 6, seed=1)
-    slots = [buffer.offer(row) for row in stream]
+    caller = Caller(buffer)
+    slots = [caller.offer(row) for row in stream]
     assert slots[:30] == list(range(30))
     assert all(s is None or 0 <= s < 30 for s in slots[30:])
     assert any(s is None for s in slots[30:]) and any(s is not None for s in slots[30:])
@@ -56,18 +101,21 @@ def test_fills_in_order_and_respects_capacity(name):
 def test_bookkeeping_matches_what_the_caller_stored(name):
     stream = long_tailed_stream(3000, 9, seed=2)
     buffer = make_buffer(name, capacity=50, num_classes=9, seed=3)
-    stored = feed(buffer, stream)
-    assert (stored >= 0).all()
+    caller = Caller(buffer)
+    for lo in range(0, len(stream), 10):  # mini-batches, as the replay plugin offers them
+        caller.offer_batch(stream[lo : lo + 10])
+    stored = caller.stored[: len(buffer)]
+    assert (stored >= 0).all() and len(set(stored.tolist())) == len(buffer)  # no duplicates
     np.testing.assert_array_equal(buffer.slot_labels, stream[stored])
     np.testing.assert_array_equal(buffer.class_counts, buffer.slot_labels.sum(0))
     np.testing.assert_array_equal(buffer.n_c, stream.sum(0))
     assert buffer.n_seen == len(stream)
 
 
-@pytest.mark.parametrize("name", sorted(BUFFERS))
+@pytest.mark.parametrize("name", SEQUENTIAL)
 def test_offer_batch_equals_sequential_offers(name):
     stream = long_tailed_stream(500, 5, seed=4).astype(np.int64)
-    one, two = make_buffer(name, 20, 5, seed=7), make_buffer(name, 20, 5, seed=7)
+    one, two = Caller(make_buffer(name, 20, 5, seed=7)), Caller(make_buffer(name, 20, 5, seed=7))
     assert one.offer_batch(stream) == [two.offer(row) for row in stream]
 
 
@@ -105,14 +153,15 @@ def _chunks(stream: np.ndarray, seed: int) -> list[np.ndarray]:
     return np.split(stream, cuts)
 
 
-@pytest.mark.parametrize("name", sorted(BUFFERS))
+@pytest.mark.parametrize("name", SEQUENTIAL)
 @pytest.mark.parametrize("rho", [-0.03, 0.02, -0.5])
 def test_offer_batch_in_chunks_equals_single_offers(name, rho):
     stream = _tricky_stream()
     options = {"rho": rho} if name == "prs" else {}
     one, two = make_buffer(name, 40, 7, seed=3, **options), make_buffer(name, 40, 7, seed=3, **options)
-    batched = [slot for chunk in _chunks(stream, seed=1) for slot in one.offer_batch(chunk)]
-    assert batched == [two.offer(row) for row in stream]
+    first, second = Caller(one), Caller(two)
+    batched = [slot for chunk in _chunks(stream, seed=1) for slot in first.offer_batch(chunk)]
+    assert batched == [second.offer(row) for row in stream]
     assert one.rng.bit_generator.state == two.rng.bit_generator.state  # the same draws, no more
     np.testing.assert_array_equal(one.slot_labels, two.slot_labels)
     np.testing.assert_array_equal(one.class_counts, two.class_counts)
@@ -124,19 +173,21 @@ def test_offer_batch_in_chunks_equals_single_offers(name, rho):
 def test_state_dict_round_trip_gives_identical_future_decisions(name):
     stream = long_tailed_stream(2000, 8, seed=5)
     original = make_buffer(name, 40, 8, seed=11)
-    original.offer_batch(stream[:900])
+    caller = Caller(original)
+    for lo in range(0, 900, 10):
+        caller.offer_batch(stream[lo : lo + 10])
     state = original.state_dict()
     _assert_plain(state)
 
     restored = make_buffer(name, 40, 8, seed=999)  # the seed is part of the state
     restored.load_state_dict(state)
 
-    def go_on(buffer):  # continue the same way, replay draws included
-        first = buffer.offer_batch(stream[900:1500])
-        drawn = buffer.sample(7).tolist()
-        return first, drawn, buffer.offer_batch(stream[1500:])
+    def go_on(caller):  # continue the same way, replay draws included
+        first = [s for lo in range(900, 1500, 10) for s in caller.offer_batch(stream[lo : lo + 10])]
+        drawn = caller.buffer.sample(7).tolist()
+        return first, drawn, caller.offer_batch(stream[1500:])
 
-    assert go_on(original) == go_on(restored)
+    assert go_on(caller.copy_for(restored)) == go_on(caller)
     np.testing.assert_array_equal(original.slot_labels, restored.slot_labels)
     np.testing.assert_array_equal(original.class_counts, restored.class_counts)
     assert original.state_dict()["rng_state"] == restored.state_dict()["rng_state"]
@@ -157,11 +208,13 @@ def _assert_plain(value):
 @pytest.mark.parametrize("name", sorted(BUFFERS))
 def test_state_is_a_snapshot(name):
     buffer = make_buffer(name, 10, 4, seed=0)
-    buffer.offer_batch(long_tailed_stream(10, 4, seed=0))
+    caller = Caller(buffer)
+    caller.offer_batch(long_tailed_stream(10, 4, seed=0))
     state = buffer.state_dict()
-    before = state["slot_labels"].copy()
-    buffer.offer_batch(long_tailed_stream(200, 4, seed=1))
-    np.testing.assert_array_equal(state["slot_labels"], before)
+    before = {k: v.copy() for k, v in state.items() if isinstance(v, np.ndarray)}
+    caller.offer_batch(long_tailed_stream(200, 4, seed=1))
+    for key, value in before.items():
+        np.testing.assert_array_equal(state[key], value)
 
 
 def test_load_state_dict_rejects_other_options():
@@ -181,7 +234,7 @@ def test_load_state_dict_rejects_other_options():
 def test_sample_is_without_replacement_and_uniform(name):
     buffer = make_buffer(name, 20, 3, seed=0)
     assert buffer.sample(4).shape == (0,)  # empty buffer
-    buffer.offer_batch(np.eye(3, dtype=bool)[np.arange(12) % 3])
+    Caller(buffer).offer_batch(np.eye(3, dtype=bool)[np.arange(12) % 3])
     drawn = buffer.sample(50)
     assert sorted(drawn.tolist()) == list(range(12))  # k > len: every filled slot once
     assert buffer.sample(0).shape == (0,)
@@ -373,6 +426,6 @@ def test_make_buffer():
     assert all(issubclass(cls, ReplayBuffer) for cls in BUFFERS.values())
     with pytest.raises(ValueError) as err:
         make_buffer("prs_reservior", 10, 4, seed=0)
-    assert str(err.value) == "Unknown buffer 'prs_reservior'. Available: prs, reservoir."
+    assert str(err.value) == "Unknown buffer 'prs_reservior'. Available: exstream, gss, ocdm, prs, reservoir."
     with pytest.raises(ValueError, match="does not take option.*rho"):
         make_buffer("reservoir", 10, 4, seed=0, rho=0.1)

@@ -10,7 +10,7 @@ from cml_bench.config import ModelConfig, TrainConfig
 from cml_bench.models import build_model
 from cml_bench.replay import OnlineReplayPlugin
 from cml_bench.runner import build_benchmark, resolve_config
-from cml_bench.training import MultiLabelTemplate
+from cml_bench.training import MultiLabelTemplate, multilabel_loss
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -88,3 +88,66 @@ def test_replay_state_round_trip(tiny_layer):
     labels = torch.zeros(10, 70)
     labels[:, 3] = 1
     assert restored.buffer.offer_batch(labels.numpy()) == replay.buffer.offer_batch(labels.numpy())
+
+
+def test_plugin_needs_keys_exactly_for_keyed_buffers():
+    import pytest
+
+    with pytest.raises(ValueError, match="keys="):
+        OnlineReplayPlugin(make_buffer("exstream", 5, 70, seed=0))
+    with pytest.raises(ValueError, match="no keys"):
+        OnlineReplayPlugin(make_buffer("prs", 5, 70, seed=0), keys=lambda m, x, y: x)
+
+
+def test_keys_leave_the_model_as_it_was():
+    """Keys are computed in eval mode without touching weights, BN statistics or .grad."""
+    import copy
+
+    from cml_bench.replay import model_keys
+    from cml_bench.registry import STRATEGIES
+
+    STRATEGIES.discover()
+    from strategies.exstream import pooled_features
+    from strategies.gss import head_gradients
+
+    model = build_model(ModelConfig(backbone="resnet10t", feature_level=3, stem_pool=False, head="ssca"), 70)
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    y = torch.zeros(4, 70)
+    y[:, 5] = 1
+    grads = model_keys(head_gradients, model, x, y)
+    feats = model_keys(pooled_features, model, x, y)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert grads.shape == (4, sum(p.numel() for p in model.head.parameters())) and feats.shape == (4, 256)
+    # per-sample: the first row is the gradient of the first sample's loss alone
+    model.eval()
+    loss = multilabel_loss(model.head(model.backbone(x[:1])), y[:1])
+    ref = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.head.parameters()))])
+    assert torch.allclose(torch.as_tensor(grads[0], dtype=torch.float32), ref, atol=1e-6)
+
+
+def test_keyed_replay_state_round_trip(tiny_layer):
+    """A keyed buffer (GSS) in the real loop: memory matches the buffer; state survives a restore."""
+    import copy
+
+    from cml_bench.registry import STRATEGIES
+    from cml_bench.strategy import StrategyContext
+
+    config = resolve_config(tiny_layer)
+    bench = build_benchmark(config)
+    spec = STRATEGIES.get("gss")
+    ctx = StrategyContext(bench.meta, config.train, 0, "cpu")
+    (replay,) = spec.build(spec.options(buffer_size=15), ctx)
+    model = build_model(ModelConfig(backbone="resnet10t", feature_level=3, stem_pool=False), 70)
+    strategy = MultiLabelTemplate(model=model, cfg=TrainConfig(batch_size=10), device="cpu", plugins=[replay], seed=0)
+    strategy.train(bench.train_stream[0])
+    stored_y = replay.memory.targets[: len(replay.buffer)]
+    assert torch.equal(stored_y > 0.5, torch.as_tensor(replay.buffer.slot_labels))
+    assert ((replay.buffer.scores >= 0) & (replay.buffer.scores <= 2)).all()
+    (restored,) = spec.build(spec.options(buffer_size=15), StrategyContext(bench.meta, config.train, 5, "cpu"))
+    restored.load_state_dict(copy.deepcopy(replay.state_dict()))
+    assert (restored.buffer.scores == replay.buffer.scores).all()
+    assert (restored.buffer.sample(10) == replay.buffer.sample(10)).all()

@@ -22,7 +22,7 @@ def _cmd(strategy, config, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["prs+ssca", "ewc"])  # our plugin's state; Avalanche's plugin's state
+@pytest.mark.parametrize("strategy", ["prs+ssca", "ewc", "gss+ssca"])  # ours; Avalanche's; a keyed buffer
 def test_resume_after_kill_matches_uninterrupted_run(strategy, tiny_layer, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_layer))

@@ -1,18 +1,29 @@
 """Replay buffers as pure slot allocators over multi-hot labels (numpy only).
 
 A buffer decides WHICH slot an incoming sample goes to (``offer(labels) -> slot | None``); whoever
-owns the images writes the payload into that slot. ``make_buffer("prs", 2000, 70, seed=0, rho=-0.03)``.
+owns the images writes the payload into that slot. A ``KeyedBuffer`` (GSS, ExStream) also takes a
+vector per sample (``offer_batch(labels, keys, slot_keys)``).
+``make_buffer("prs", 2000, 70, seed=0, rho=-0.03)``.
 """
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
-from cml_bench.buffers.base import ReplayBuffer
+from cml_bench.buffers.base import KeyedBuffer, ReplayBuffer, SlotKeys
+from cml_bench.buffers.exstream import ExStreamBuffer
+from cml_bench.buffers.gss import GSSBuffer
+from cml_bench.buffers.ocdm import OCDMBuffer
 from cml_bench.buffers.prs import PRSBuffer
 from cml_bench.buffers.reservoir import ReservoirBuffer
 
-BUFFERS: dict[str, type[ReplayBuffer]] = {"reservoir": ReservoirBuffer, "prs": PRSBuffer}
+BUFFERS: dict[str, type[ReplayBuffer]] = {
+    "reservoir": ReservoirBuffer,
+    "prs": PRSBuffer,
+    "ocdm": OCDMBuffer,
+    "gss": GSSBuffer,
+    "exstream": ExStreamBuffer,
+}
 """Buffer name -> class; every class takes (capacity, num_classes, seed, **its options)."""
 
 
@@ -31,4 +42,5 @@ def make_buffer(name: str, capacity: int, num_classes: int, seed: int, **options
     return cls(capacity, num_classes, seed=seed, **options)
 
 
-__all__ = ["BUFFERS", "PRSBuffer", "ReplayBuffer", "ReservoirBuffer", "make_buffer"]
+__all__ = ["BUFFERS", "ExStreamBuffer", "GSSBuffer", "KeyedBuffer", "OCDMBuffer", "PRSBuffer", "ReplayBuffer",
+           "ReservoirBuffer", "SlotKeys", "make_buffer"]

@@ -7,11 +7,16 @@ and the buffer updates its own bookkeeping as if the sample were stored there. S
 
 Everything random goes through ``self.rng`` (a PCG64 generator seeded at construction), and
 ``state_dict()`` captures it, so a restored buffer makes exactly the same future decisions.
+
+Some buffers decide on more than labels (``KeyedBuffer``): the caller also passes one vector per
+incoming sample (its "key": backbone features, a loss gradient, ... as ``key_kind`` says) and, where
+the buffer asks for them, the keys of stored slots under the current model through a callback. The
+buffer still sees only numpy arrays, never a model.
 """
 from __future__ import annotations
 
 from abc import ABC
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -33,6 +38,13 @@ class ReplayBuffer(ABC):
         num_classes: length M of the label vectors (>= 1).
         seed: seed of the buffer's own random generator (>= 0).
     """
+
+    key_kind: ClassVar[str | None] = None
+    """What the buffer decides on besides labels: None (labels only) or a ``KeyedBuffer``'s kind."""
+
+    decides_per_batch: ClassVar[bool] = False
+    """True when ``offer_batch`` decides its rows jointly (OCDM, GSS), so it differs from offering
+    them one by one; the rows of a batch then compete with each other and with the stored samples."""
 
     def __init__(self, capacity: int, num_classes: int, seed: int = 0) -> None:
         _check_int("capacity", capacity, minimum=1)
@@ -221,6 +233,53 @@ class ReplayBuffer(ABC):
             f"{type(self).__name__}(capacity={self._capacity}, num_classes={self._num_classes}, "
             f"filled={self._filled}, n_seen={self._n_seen})"
         )
+
+
+SlotKeys = Callable[[np.ndarray], np.ndarray]
+"""``slot_keys(slots)`` -> float [len(slots), D]: the keys of stored slots under the current model."""
+
+
+class KeyedBuffer(ReplayBuffer):
+    """A buffer that decides on a key vector per sample besides its labels.
+
+    ``offer(labels, key, slot_keys)`` / ``offer_batch(labels, keys, slot_keys)``: ``keys`` is a float
+    [N, D] array (D fixed by the first call), ``slot_keys`` a callback giving the keys of stored
+    slots now (``SlotKeys``), needed by buffers whose stored keys go stale (GSS's gradients).
+    Subclasses implement ``_offer_keyed(rows, keys, slot_keys)``; ``key_kind`` names what the keys
+    are, so the caller (``cml_bench/replay.py``'s plugin, through the strategy) computes the right ones.
+    """
+
+    key_kind: ClassVar[str | None] = "features"
+
+    def offer(self, labels: np.ndarray, key: np.ndarray | None = None,  # type: ignore[override]
+              slot_keys: SlotKeys | None = None) -> int | None:
+        """Offer one sample with its key vector [D]; return its slot or None."""
+        row = self._validate_labels(labels, ndim=1)[None]
+        keys = None if key is None else np.asarray(key)[None]
+        return self._offer_keyed(row, self._validate_keys(keys, 1), slot_keys)[0]
+
+    def offer_batch(self, labels: np.ndarray, keys: np.ndarray | None = None,  # type: ignore[override]
+                    slot_keys: SlotKeys | None = None) -> list[int | None]:
+        """Offer the rows of [N, num_classes] labels with their keys [N, D]; one slot (or None) each."""
+        rows = self._validate_labels(labels, ndim=2)
+        return self._offer_keyed(rows, self._validate_keys(keys, len(rows)), slot_keys)
+
+    def _offer_keyed(self, rows: np.ndarray, keys: np.ndarray,
+                     slot_keys: SlotKeys | None) -> list[int | None]:
+        raise NotImplementedError(f"{type(self).__name__} must define _offer_keyed")
+
+    def _validate_keys(self, keys: np.ndarray | None, n: int) -> np.ndarray:
+        if keys is None:
+            raise ValueError(
+                f"{type(self).__name__} decides on per-sample {self.key_kind}: pass keys= (float [N, D]) "
+                f"with the labels."
+            )
+        arr = np.asarray(keys, dtype=np.float64)
+        if arr.ndim != 2 or len(arr) != n or arr.shape[1] < 1:
+            raise ValueError(f"Expected keys of shape [{n}, D] (one vector per sample), but got shape {arr.shape}.")
+        if not np.isfinite(arr).all():
+            raise ValueError("Expected finite keys, but got NaN or infinite values.")
+        return arr
 
 
 def label_lists(rows: np.ndarray) -> list[list[int]]:
