@@ -286,3 +286,20 @@ def test_forgetting_table_and_long_export(results, tmp_path):
     everything = pd.read_csv(out / "all_metrics.csv")
     assert list(everything.columns) == CSV_COLUMNS + ["run"]
     assert len(everything) == len(lb.load_results(results))
+
+
+def test_committed_reference_matches_what_the_command_regenerates(tmp_path, monkeypatch):
+    """results/reference/synth-cocoseq is exactly what `leaderboard` writes from its runs."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the README's command runs from the root
+    reference = Path("results/reference/synth-cocoseq")
+    markdown = lb.write_leaderboard(reference / "runs", out_dir=tmp_path)
+    assert markdown == (reference / "leaderboard.md").read_text()
+    for name in ("leaderboard.csv", "leaderboard.tex", "accuracy_matrix.csv", "forgetting.csv"):
+        assert (tmp_path / name).read_text() == (reference / name).read_text(), name
+    board = pd.read_csv(reference / "leaderboard.csv")
+    counts = board[board.row == "n"].set_index("strategy")
+    paper_rows = [f"{s}{h}" for s in ("multitask", "finetune", "ewc", "reservoir", "prs")
+                  for h in ("", "+cos", "+ssca")]
+    assert (counts.loc[paper_rows, "all_mAP"] == 5).all()  # every paper row over 5 seeds
+    for name in ("plot_stream.png", "plot_matrix.png", "plot_groups.png"):
+        assert (reference / name).stat().st_size > 10_000
