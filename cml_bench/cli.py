@@ -201,7 +201,7 @@ def _image_size_arg(text: str) -> list[int]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from cml_bench.config import merge, resolve
-    from cml_bench.profile import describe, format_table, profile_model
+    from cml_bench.profile import COUNTING_NOTE, describe, format_table, profile_model
     from cml_bench.registry import split_head
 
     layers = [load_config(args.config) if args.config else {}, _parse_set(args.set)]
@@ -216,9 +216,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     costs = profile_model(config.model, size, args.num_labels)
     print(f"{describe(config.model, size, args.num_labels)}:\n")
     print(format_table(costs))
-    print("\nFLOPs from torch.utils.flop_counter.FlopCounterMode on the meta device (matrix products and "
-          "convolutions,\n2 FLOPs per multiply-add; norms, activations, softmax and pooling not counted). "
-          "Papers' \"FLOPs\"\n(DLFL Tables 4-5) are usually multiply-adds: compare them with GMACs.")
+    print(f"\n{COUNTING_NOTE}")
     return 0
 
 

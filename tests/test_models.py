@@ -239,7 +239,7 @@ def test_paper_backbones_feature_maps(name, size, options, shape):
     assert tuple(fmap.shape) == (2, *shape)  # Swin's channels-last tokens come out as N x C x H x W
     assert logits.shape == (2, 80)
     assert model.backbone.channels == shape[0]
-    assert model.head.embed[0].in_features == shape[0] == model.head.queries.shape[1]  # SSCA sized from C
+    assert model.head.query_embed[0].in_features == shape[0] == model.head.queries.shape[1]  # SSCA sized from C
     if name.startswith("swin"):
         assert model.backbone.fixed_input_size == (size, size)
         blocks = [m for m in model.backbone.body.modules() if type(m).__name__ == "SwinTransformerBlock"]
