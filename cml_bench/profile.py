@@ -10,9 +10,10 @@ weights, so ``pretrained`` is ignored) and one image ``[1, 3, H, W]`` goes throu
 * **Module count** (the papers' counters): forward hooks on the leaf ``nn.Module`` s, with the rules
   of the module-hook counters papers use (ptflops' module table; thop's differs only in small
   per-element terms): convolution and ``nn.Linear`` multiply-adds (a bias adds one per output
-  element of a convolution, ``out_features`` once for a linear layer, as ptflops books it), 1 per element for a norm layer (2 for ``BatchNorm`` / ``GroupNorm`` / ``InstanceNorm``
-  with ``affine``; ``LayerNorm`` has no ``affine`` attribute, so 1), an activation module or a
-  pooling module. Whatever runs as a function rather than a module is invisible to such a counter:
+  element of a convolution, ``out_features`` once for a linear layer, as ptflops books it); 1 per
+  element for a norm layer (2 for ``BatchNorm`` / ``GroupNorm`` / ``InstanceNorm`` with ``affine``;
+  ``LayerNorm`` has no ``affine`` attribute, so 1), an activation module or a pooling module's
+  input. Whatever runs as a function rather than a module is invisible to such a counter:
   attention products (``einsum`` / ``bmm``), softmax, residual additions, normalised classifiers.
 
 Why both: DLFL's Tables 4 and 5 are a module count. ResNet-101 at 448 px (our conv-only 31.20G)
