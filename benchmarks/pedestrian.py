@@ -79,13 +79,17 @@ class AttributeReport:
     bad_images: list[dict[str, Any]] = field(default_factory=list)
     store_note: str = ""
 
+    def count(self, split: str) -> int:
+        """Images of ``split``: those the annotations list, less the bad ones a store left out."""
+        return int(single_task.kept_rows(self.ids[split], self.bad_images, split).sum())
+
     def mismatches(self) -> list[str]:
         """Every difference from the published numbers."""
         d = self.dataset
         out = [] if len(self.attribute_names) == d.num_attributes else \
             [f"{len(self.attribute_names)} attributes, published: {d.num_attributes}"]
         for split in SPLITS:
-            n = len(self.ids[split])
+            n = self.count(split)
             if n != d.published[split]:
                 out.append(f"{split}: {n:,} images, published: {d.published[split]:,}")
         return out + [f"annotation row without an image file name: {u}" for u in self.unnamed]
@@ -94,9 +98,10 @@ class AttributeReport:
         d = self.dataset
         lines = [f"{d.title}: {len(self.attribute_names)} attributes, from {self.source}",
                  "| partition | images | published |", "|---|---:|---:|"]
-        lines += [f"| {s} | {len(self.ids[s]):,} | {d.published[s]:,} |" for s in SPLITS]
+        lines += [f"| {s} | {self.count(s):,} | {d.published[s]:,} |" for s in SPLITS]
         lines += ["", "Positive images per attribute (train / val / test):"]
-        counts = {s: self.labels[s].sum(axis=0, dtype=np.int64) for s in SPLITS}
+        keep = {s: single_task.kept_rows(self.ids[s], self.bad_images, s) for s in SPLITS}
+        counts = {s: self.labels[s][keep[s]].sum(axis=0, dtype=np.int64) for s in SPLITS}
         lines += [f"  {name:<28} {int(counts['train'][a]):>6} {int(counts['val'][a]):>6} {int(counts['test'][a]):>6}"
                   for a, name in enumerate(self.attribute_names)]
         lines += [f"\nNote: {n}" for n in self.notes]
@@ -138,8 +143,9 @@ def read_pa100k(root: str | Path) -> AttributeReport:
         raise ValueError("Reading annotation.mat needs scipy: pip install scipy.") from err
     try:
         mat = loadmat(mat_path)
-    except (ValueError, TypeError, OSError, NotImplementedError) as err:  # v7.3 (HDF5): NotImplementedError
-        raise ValueError(f"'{mat_path}' is not a readable MATLAB file ({err}).") from err
+    except Exception as err:  # noqa: BLE001 - scipy's MatReadError, ValueError, zlib errors on a cut file...
+        raise ValueError(f"'{mat_path}' is not a readable MATLAB file ({type(err).__name__}: {err}): expected "
+                         f"PA-100K's official annotation.mat; download it again.") from None
     wanted = ["attributes"] + [f"{s}_{k}" for s in SPLITS for k in ("images_name", "label")]
     absent = [k for k in wanted if k not in mat]
     if absent:

@@ -102,6 +102,11 @@ class SynthCocoseqOptions:
                              f"image_size / 2, got {self.sprite_min}, {self.sprite_max}.")
         if self.test_per_class < 1:
             raise ValueError(f"benchmark.options.test_per_class must be >= 1, got {self.test_per_class}.")
+        if self.clutter < 0 or self.noise < 0:
+            raise ValueError(f"benchmark.options.clutter and noise must be >= 0, got {self.clutter} and {self.noise}.")
+        if self.cache_dir == "":  # not "the default": an unset variable in a script, most likely
+            raise ValueError("benchmark.options.cache_dir is empty: give a folder, or null for the default "
+                             "($CML_BENCH_CACHE or ~/.cache/cml_bench).")
 
 
 def scaled_counts(scale: float) -> np.ndarray:

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-__all__ = ["label_angles", "summarise_angles", "optimal_angle_deg", "plot_angles", "angles_for_model"]
+__all__ = ["label_angles", "summarise_angles", "optimal_angle_deg", "plot_angles", "angles_for_model",
+           "load_model_weights"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -194,3 +195,33 @@ def angles_for_model(model: torch.nn.Module, dataset, batch_size: int, device: t
     if not frames:
         raise ValueError("The dataset is empty: no angles to compute.")
     return pd.concat(frames, ignore_index=True)
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a finished run's ``model.pt`` into ``model``, built from the same run's ``config.yaml``.
+
+    Only tensors are read (``weights_only``: a planted pickle runs no code). A cut, damaged or
+    foreign file, and weights of another model (the config.yaml of one run beside the model.pt of
+    another), are one-line ``ValueError``s naming the file.
+    """
+    path = Path(path)
+    again = "train the run again (`python -m cml_bench run ... --rerun`)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - zip, unpickling and EOF errors all mean the same here
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"'{path}' is not a readable model file ({path.stat().st_size:,} bytes; {line[:120]}): it "
+                         f"is cut short, damaged or not written by cml_bench; {again}.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"'{path}' does not hold a model state (a mapping of tensors); {again}.")
+    wanted = model.state_dict()
+    missing = sorted(set(wanted) - set(state))
+    unexpected = sorted(set(state) - set(wanted))
+    reshaped = sorted(k for k in set(wanted) & set(state) if wanted[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if v]
+        raise ValueError(f"'{path}' does not fit the model that {path.parent / 'config.yaml'} describes: "
+                         f"parameters {', '.join(parts)}; the two files come from different runs or versions, "
+                         f"{again}.")
+    model.load_state_dict(state)

@@ -7,10 +7,8 @@ import sys
 import textwrap
 from typing import Any, Sequence
 
-import yaml
-
-from cml_bench.config import ConfigError, image_hw, load_config, load_yaml
-from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, RegistryError
+from cml_bench.config import ConfigError, image_hw, load_config, load_yaml, parse_value
+from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, RegistryError, add_plugin_folders
 
 DESCRIPTION = """\
 cml_bench: which continual strategy, with which classification head, learns a stream of
@@ -27,6 +25,10 @@ A strategy name may end in a head suffix: +ssca (DLFL's semantic spatial cross-a
 """
 
 
+PLUGINS_HELP = ("a folder of plugin files (*.py registering strategies or benchmarks) to load besides the "
+                "installed ones (repeatable; also $CML_BENCH_PLUGINS)")
+
+
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     """``["train.lr=0.01", "strategy.options.rho=0.02"]`` -> nested mapping (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -36,9 +38,12 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.01), got '{item}'.")
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):  # --set train=1 --set train.lr=0.1
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' was set to a value, not a section, "
+                                  f"by an earlier --set.")
+        node[parts[-1]] = parse_value(raw, key)
     return out
 
 
@@ -65,10 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cml_bench.runner import run
     from cml_bench.sweep import expand_grid, parse_list, plan_runs
 
-    file_layer = load_config(args.config) if args.config else {}
+    file_layer = load_config(args.config) if args.config is not None else {}
     cli_layer = merge(_parse_set(args.set), _cli_layer(args))
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds N runs N seeds counting up from --seed: N must be >= 1, got {args.seeds}.")
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
-    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy), n_seeds=args.seeds or 1)
+    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy), n_seeds=1 if args.seeds is None else args.seeds)
     for item in plan_runs(configs, args.out, rerun=args.rerun):
         config, label, done = item.config, item.label, item.done
         if done is not None:
@@ -94,7 +101,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from cml_bench.sweep import (LocalExecutor, RayExecutor, expand_grid, parse_list, parse_seeds, plan_runs,
                                  run_sweep, summary_text)
 
-    file_layer = load_config(args.config) if args.config else {}
+    for flag, value, low in (("--workers", args.workers, 1), ("--cpus-per-run", args.cpus_per_run, 1),
+                             ("--max-retries", args.max_retries, 0), ("--gpus-per-run", args.gpus_per_run, 0)):
+        if value is not None and value < low:  # before the grid is resolved or a cluster contacted
+            raise ConfigError(f"{flag} must be >= {low}, got {value}.")
+    file_layer = load_config(args.config) if args.config is not None else {}
     cli_layer = _parse_set(args.set)
     if args.device is not None:
         cli_layer = merge(cli_layer, {"device": args.device})
@@ -128,9 +139,7 @@ def cmd_angles(args: argparse.Namespace) -> int:
     """Paper Fig. 8 for a finished run: feature-to-classifier angles per label on all test sets."""
     from pathlib import Path
 
-    import torch
-
-    from cml_bench.angles import angles_for_model, plot_angles, summarise_angles
+    from cml_bench.angles import angles_for_model, load_model_weights, plot_angles, summarise_angles
     from cml_bench.models import build_model
     from cml_bench.runner import build_benchmark, resolve_config, strategy_label
 
@@ -142,7 +151,7 @@ def cmd_angles(args: argparse.Namespace) -> int:
     config = resolve_config(load_yaml(run_dir / "config.yaml"))
     benchmark = build_benchmark(config)
     model = build_model(config.model, benchmark.meta.num_classes)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    load_model_weights(model, run_dir / "model.pt")
     tests = [exp.dataset for exp in benchmark.test_stream]
     union = tests[0]
     for extra in tests[1:]:
@@ -164,16 +173,19 @@ def cmd_angles(args: argparse.Namespace) -> int:
 
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from cml_bench.loop_bench import run_loop_bench
-    from cml_bench.runner import resolve_config
+    from cml_bench.runner import resolve_config, resolve_device
 
     from cml_bench.config import merge
 
     layer = merge({"strategy": {"name": "finetune"}}, _parse_set(args.set))
-    if args.benchmark:
+    if args.benchmark is not None:
         layer = merge(layer, {"benchmark": {"name": args.benchmark}})
-    if args.batch_size:
+    if args.batch_size is not None:
         layer = merge(layer, {"train": {"batch_size": args.batch_size}})
     config = resolve_config(layer, {"device": args.device or "cpu"})
+    resolve_device(config.device)
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}.")
     print(f"Training loop cost on {config.benchmark.name}, task 0, {config.model.backbone} "
           f"({config.model.head} head), batch {config.train.batch_size}, {args.repeats} repeats "
           f"after one warm-up, device {config.device}:")
@@ -204,12 +216,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from cml_bench.profile import COUNTING_NOTE, describe, format_table, profile_model
     from cml_bench.registry import split_head
 
-    layers = [load_config(args.config) if args.config else {}, _parse_set(args.set)]
-    if args.strategy:
+    layers = [load_config(args.config) if args.config is not None else {}, _parse_set(args.set)]
+    if args.strategy is not None:
         layers.append({"strategy": {"name": args.strategy}})
     config = resolve(*layers)
     if "+" in config.strategy.name:
         config.model.head = split_head(config.strategy.name)[1]
+    if args.num_labels < 1:
+        raise ConfigError(f"--num-labels must be >= 1, got {args.num_labels}.")
     size = image_hw(args.image_size or config.model.image_size, "--image-size")
     if size is None:
         raise ConfigError("No input size: pass --image-size (e.g. 448 or 256x192) or set model.image_size.")
@@ -245,9 +259,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("\nHeads: " + ", ".join(HEADS) + " (pooled is the default)")
     print("\nBenchmarks (options go under benchmark.options):")
     _print_entries(BENCHMARKS, args.verbose, 14)
+    shown = set()  # a broken --plugins file is in both registries (it could have held either kind)
     for kind, registry in (("strategy", STRATEGIES), ("benchmark", BENCHMARKS)):
         for module, err in registry.broken.items():
-            print(f"\n  ! {kind} module '{module}' failed to import: {type(err).__name__}: {err}")
+            if id(err) not in shown:
+                shown.add(id(err))
+                print(f"\n  ! {kind} module '{module}' failed to import: {type(err).__name__}: {err}")
     if not args.verbose:
         print("\n`python -m cml_bench list -v` also lists every option with its default.")
     return 0
@@ -257,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cml_bench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--plugins", action="append", default=[], metavar="DIR", help=PLUGINS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="train one strategy on one benchmark and write its results",
@@ -360,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cml_bench.data_cli import add_data_parser
 
     add_data_parser(sub)
+    for command in (run, sweep, bench, prof, angles, lst):  # also accepted after the command's name
+        command.add_argument("--plugins", action="append", default=argparse.SUPPRESS, metavar="DIR",
+                             help=PLUGINS_HELP)
     return parser
 
 
@@ -373,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.plugins:
+            add_plugin_folders(args.plugins)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -11,6 +11,8 @@ plugin's valid keys.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,15 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says which and what is expected."""
+
+
+def require(ok: bool, key: str, expected: str, value: Any) -> None:
+    """Raise a one-line ConfigError naming ``key`` unless ``ok`` (range checks of config values).
+
+    >>> require(10 >= 1, "train.batch_size", "an integer >= 1", 10)
+    """
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}.")
 
 
 @dataclass
@@ -62,6 +73,14 @@ class ModelConfig:
     image_size: int | list[int] | None = None
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        require(bool(self.backbone), "model.backbone", "a timm model name (e.g. resnet101)", self.backbone)
+        require(self.gamma > 0, "model.gamma", "a number > 0", self.gamma)
+        require(self.ssca_modules >= 1, "model.ssca_modules", "an integer >= 1", self.ssca_modules)
+        require(self.ssca_dim is None or self.ssca_dim >= 1, "model.ssca_dim", "an integer >= 1 or null "
+                "(null: the backbone's channels)", self.ssca_dim)
+        image_hw(self.image_size, "model.image_size")
+
 
 @dataclass
 class TrainConfig:
@@ -97,6 +116,21 @@ class TrainConfig:
     plateau_patience: int = 4
     augment: str = "none"
 
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "train.lr", "a learning rate > 0", self.lr)
+        require(self.head_lr is None or self.head_lr > 0, "train.head_lr", "a learning rate > 0 or null "
+                "(null: train.lr)", self.head_lr)
+        require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        require(self.momentum >= 0, "train.momentum", "a number >= 0", self.momentum)
+        require(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        require(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        require(self.grad_clip_value is None or self.grad_clip_value > 0, "train.grad_clip_value",
+                "a number > 0, or null to disable clipping", self.grad_clip_value)
+        require(self.num_workers >= 0, "train.num_workers", "an integer >= 0 (0: the main process)",
+                self.num_workers)
+        require(0 < self.plateau_factor < 1, "train.plateau_factor", "a number in (0, 1)", self.plateau_factor)
+        require(self.plateau_patience >= 0, "train.plateau_patience", "an integer >= 0", self.plateau_patience)
+
 
 @dataclass
 class EvalConfig:
@@ -106,6 +140,11 @@ class EvalConfig:
     batch_size: int = 100
     threshold: float = 0.5
     image_size: int | list[int] | None = None
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.batch_size)
+        require(0 < self.threshold < 1, "eval.threshold", "a score threshold in (0, 1)", self.threshold)
+        image_hw(self.image_size, "eval.image_size")
 
 
 @dataclass
@@ -127,6 +166,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        require(0 <= self.seed < 2**32, "seed", "an integer in 0 .. 2**32 - 1", self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,7 +206,9 @@ def _check_type(value: Any, annotation: Any, path: str) -> Any:
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}.")
+            raise ConfigError(f"{path}: expected a number, got {value!r}{_non_finite_hint(value)}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}.")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -214,13 +258,59 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+# Python's float spellings (1e-3, 1E3, .5, 5., 1_000.5): YAML 1.1 reads an exponent without a dot
+# or without a sign ("1e-3", "1.0e3") as a string, which every user would take for a number.
+_FLOAT = re.compile(r"[-+]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][-+]?\d(?:_?\d)*)?$")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads every finite float spelling Python accepts as a float.
+
+    >>> yaml.load("lr: 1e-3", ConfigLoader)
+    {'lr': 0.001}
+    """
+
+
+def _construct_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    # Only scalars YAML's own resolvers left as strings get here (its int resolver comes first: 12 stays an int).
+    return float(loader.construct_scalar(node))
+
+
+ConfigLoader.add_implicit_resolver("tag:cml_bench:number", _FLOAT, list("-+0123456789."))
+ConfigLoader.add_constructor("tag:cml_bench:number", _construct_number)
+
+
+def _non_finite_hint(value: Any) -> str:
+    """Why a string that Python would read as inf / nan is still not a number here."""
+    try:
+        return "" if math.isfinite(float(value)) else " (infinite and NaN values are not accepted)"
+    except (TypeError, ValueError):
+        return ""
+
+
+def parse_value(text: str, key: str) -> Any:
+    """A ``--set KEY=VALUE`` value read as YAML (``0.01`` a float, ``[1, 2]`` a list, ``null`` None).
+
+    >>> parse_value("1e-3", "train.lr")
+    0.001
+    """
+    try:
+        return yaml.load(text, ConfigLoader)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({problem}); quote it for a string "
+                          f"or write a list as [1, 2].") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a mapping, with one-line errors for the usual mistakes."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"Config file '{path}' is a folder: pass a YAML file.")
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), ConfigLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -11,11 +11,12 @@ as one line.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+from cml_bench.registry import import_plugin_module
 
 COCO_ROOT_HELP = "COCO 2014 folder: annotations/instances_{train,val}2014.json, train2014/, val2014/"
 NUSWIDE_ROOT_HELP = ("NUS-WIDE folder: ImageList/{Train,Test}Imagelist.txt, TrainTestLabels/"
@@ -150,7 +151,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def _call(args: argparse.Namespace, function: str, **kwargs: Any) -> Any:
     source = DATASETS[args.dataset]
-    fn = getattr(importlib.import_module(source.module), getattr(source, function))
+    fn = getattr(import_plugin_module(source.module), getattr(source, function))
     return fn(**{key: getattr(args, key) for key in source.source}, **source.fixed, **kwargs)
 
 
@@ -169,6 +170,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
 
     size = tuple(args.size) if isinstance(args.size, list) else args.size
+    if min(args.size if isinstance(args.size, list) else [args.size]) < 1:
+        raise ValueError(f"--image-size must be positive pixel counts, got {args.size}.")
     report = _call(args, "prepare", out=args.out, size=size, skip_bad_images=args.skip_bad_images,
                    force=args.force, progress=progress)
     if sys.stderr.isatty():

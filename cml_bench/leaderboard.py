@@ -112,7 +112,7 @@ def load_results(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Results folder {root} does not exist.")
+        raise FileNotFoundError(f"Results folder {root} {'is not a folder' if root.exists() else 'does not exist'}.")
     files = sorted(p for p in root.rglob("metrics.csv")
                    if not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:

@@ -327,9 +327,7 @@ def write_report_store(report: StreamReport, out: str | Path, *, builder_version
                          builder_version=builder_version, size=size, info=info,
                          skip_bad_images=skip_bad_images, skip_missing=skip_missing, force=force,
                          chunk_rows=chunk_rows, progress=progress)
-    bounds = np.cumsum([0] + [len(p.ids) for p in parts])  # part i holds rows bounds[i]:bounds[i+1]
-    report.bad_images = [{**b, "split": parts[i].split, "task": parts[i].task} for b in result.bad
-                         for i in [int(np.searchsorted(bounds, b["row"], side="right")) - 1]]
+    report.bad_images = result.bad
     report.store_note = result.note(out)
     return report
 

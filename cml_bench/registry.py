@@ -1,8 +1,13 @@
 """Registries of strategies and benchmarks, filled by discovery.
 
-A plugin is a module in the ``strategies`` or ``benchmarks`` package (found by scanning the folder)
-or in a third-party package that declares an entry point in the group ``cml_bench.strategies`` /
-``cml_bench.benchmarks`` pointing at the module. Importing the module runs its ``@register`` calls.
+A plugin is a module in the ``strategies`` or ``benchmarks`` package installed with cml_bench (found
+by scanning that package's folder), in a third-party package that declares an entry point in the
+group ``cml_bench.strategies`` / ``cml_bench.benchmarks`` pointing at the module, or a ``*.py``
+file in a folder named explicitly (``--plugins DIR``, or ``$CML_BENCH_PLUGINS``: folders separated
+by ``os.pathsep``). Importing the module runs its ``@register`` calls. Nothing else is imported: a
+``strategies/`` or ``benchmarks/`` folder in the current directory (first on ``sys.path`` under
+``python -m``) is never taken for the installed package, so running from a folder that happens to
+hold one neither executes its code nor hides the built-in plugins.
 A module that fails to import is remembered, and its error is raised only when a name it would
 provide is asked for, so one broken plugin never breaks ``list`` or the other plugins.
 """
@@ -11,12 +16,24 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
+
+PLUGINS_ENV = "CML_BENCH_PLUGINS"
+"""Environment variable naming plugin folders (``os.pathsep``-separated); ``--plugins DIR`` sets it,
+so that sweep worker processes load the same plugins."""
+
+INSTALL_ROOT = Path(__file__).resolve().parent.parent
+"""Where cml_bench is installed: its plugin packages ``strategies`` and ``benchmarks`` lie beside it."""
 
 HEADS = ("pooled", "cos", "ssca")
 """Heads a strategy name can be suffixed with (``prs+ssca``); no suffix means ``pooled``."""
@@ -36,6 +53,7 @@ class Registry(Generic[T]):
     kind: str
     package: str
     entry_point_group: str
+    plugin_dirs: bool = False  # also import the files of --plugins / $CML_BENCH_PLUGINS folders
     _entries: dict[str, T] = field(default_factory=dict)
     _broken: dict[str, BaseException] = field(default_factory=dict)
     _discovered: bool = False
@@ -49,13 +67,13 @@ class Registry(Generic[T]):
         return entry
 
     def discover(self) -> None:
-        """Import every plugin module once (folder scan, then entry points)."""
+        """Import every plugin module once (package folder scan, entry points, then plugin folders)."""
         if self._discovered:
             return
         self._discovered = True
         modules: list[tuple[str, str]] = []
         try:
-            package = importlib.import_module(self.package)
+            package = import_plugin_package(self.package)
             for info in pkgutil.iter_modules(package.__path__):
                 if not info.name.startswith("_"):
                     modules.append((info.name, f"{self.package}.{info.name}"))
@@ -68,6 +86,14 @@ class Registry(Generic[T]):
                 importlib.import_module(module)
             except Exception as err:  # noqa: BLE001 - remembered and raised when chosen
                 self._broken[short] = err
+        if self.plugin_dirs:
+            for registry in (STRATEGIES, BENCHMARKS):  # every built-in first: a plugin file never displaces one
+                registry.discover()
+            self._import_plugin_files()
+
+    def _import_plugin_files(self) -> None:
+        for short, err in import_plugin_files().items():
+            self._broken[short] = err
 
     def names(self, pattern: str = "*") -> list[str]:
         self.discover()
@@ -101,8 +127,90 @@ class Registry(Generic[T]):
         )
 
 
-STRATEGIES: Registry[Any] = Registry("strategy", "strategies", "cml_bench.strategies")
-BENCHMARKS: Registry[Any] = Registry("benchmark", "benchmarks", "cml_bench.benchmarks")
+STRATEGIES: Registry[Any] = Registry("strategy", "strategies", "cml_bench.strategies", plugin_dirs=True)
+BENCHMARKS: Registry[Any] = Registry("benchmark", "benchmarks", "cml_bench.benchmarks", plugin_dirs=True)
+
+
+def import_plugin_package(name: str) -> ModuleType:
+    """The package ``name`` installed beside cml_bench (``strategies``, ``benchmarks``), never a
+    same-named folder that comes earlier on ``sys.path`` (the current directory under ``python -m``).
+
+    A name with no folder beside cml_bench (a test's package) is imported the usual way.
+    """
+    home = INSTALL_ROOT / name
+    if not (home / "__init__.py").is_file():
+        return importlib.import_module(name)
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if any(Path(p).resolve() == home for p in getattr(loaded, "__path__", [])):
+            return loaded
+        raise ImportError(f"a module '{name}' from {list(getattr(loaded, '__path__', [loaded.__file__]))} was "
+                          f"imported before cml_bench's own ({home}); rename that folder or run from another one")
+    spec = importlib.util.spec_from_file_location(name, home / "__init__.py", submodule_search_locations=[str(home)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_plugin_module(dotted: str) -> ModuleType:
+    """``importlib.import_module`` for a module of a plugin package, the package pinned to cml_bench's own."""
+    import_plugin_package(dotted.partition(".")[0])
+    return importlib.import_module(dotted)
+
+
+_PLUGIN_FILES: dict[Path, BaseException | None] = {}  # every plugin file imported, and its error if any
+
+
+def plugin_folders() -> list[Path]:
+    """The folders named by ``--plugins`` / ``$CML_BENCH_PLUGINS``, in order."""
+    return [Path(p) for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
+
+
+def add_plugin_folders(folders: list[str]) -> None:
+    """``--plugins DIR``: import every ``*.py`` in each folder (its ``@register`` calls add strategies or
+    benchmarks); recorded in ``$CML_BENCH_PLUGINS`` so worker processes load them too."""
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--plugins '{folder}' is not a folder (expected a folder of plugin "
+                                    f"modules, each a *.py file that registers strategies or benchmarks).")
+    known = [str(p) for p in plugin_folders()]
+    added = [str(Path(f).resolve()) for f in folders if str(Path(f).resolve()) not in known]
+    os.environ[PLUGINS_ENV] = os.pathsep.join(known + added)
+    for registry in (STRATEGIES, BENCHMARKS):
+        if registry._discovered:  # already scanned: add the new files now
+            registry._import_plugin_files()
+
+
+def import_plugin_files() -> dict[str, BaseException]:
+    """Import the plugin folders' files (each once per process); the errors by module name."""
+    errors: dict[str, BaseException] = {}
+    for folder in plugin_folders():
+        for path in sorted(folder.resolve().glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            if path not in _PLUGIN_FILES:
+                _PLUGIN_FILES[path] = _import_file(path)
+            if _PLUGIN_FILES[path] is not None:
+                errors[path.stem] = _PLUGIN_FILES[path]
+    return errors
+
+
+def _import_file(path: Path) -> BaseException | None:
+    name = f"cml_bench_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - remembered and raised when chosen
+        del sys.modules[name]
+        return err
+    return None
 
 
 def split_head(name: str) -> tuple[str, str]:

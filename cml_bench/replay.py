@@ -16,12 +16,15 @@ in eval mode (no batch-norm statistics move) after the optimiser step.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from cml_bench.buffers import ReplayBuffer
+from cml_bench.config import require
+from cml_bench.strategy import StrategyContext
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -134,3 +137,33 @@ class OnlineReplayPlugin(SupervisedPlugin):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.memory.load_state_dict(state["memory"])
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """The options every replay strategy has (its own options dataclass extends this one).
+
+    Attributes:
+        buffer_size: memory slots; None (the default) is the benchmark's protocol size
+            (``BenchmarkMeta.default_buffer_size``: 2000 on COCOseq). 0 or less is an error, never
+            the default.
+        replay_batch_size: stored samples joined to each incoming mini-batch.
+    """
+
+    buffer_size: int | None = None
+    replay_batch_size: int = 10
+
+    def __post_init__(self) -> None:
+        require(self.buffer_size is None or self.buffer_size >= 1, "strategy.options.buffer_size",
+                "an integer >= 1, or null for the benchmark's protocol size", self.buffer_size)
+        require(self.replay_batch_size >= 1, "strategy.options.replay_batch_size",
+                "an integer >= 1 (no replay at all is the finetune strategy)", self.replay_batch_size)
+
+
+def replay_plugin(buffer_cls: type[ReplayBuffer], options: ReplayOptions, ctx: StrategyContext,
+                  keys: KeyFunction | None = None, **buffer_options: Any) -> OnlineReplayPlugin:
+    """The online replay plugin of a replay strategy: a ``buffer_cls`` of ``options.buffer_size``
+    slots (None: the benchmark's size) seeded by the run, ``buffer_options`` passed to it."""
+    size = ctx.meta.default_buffer_size if options.buffer_size is None else options.buffer_size
+    buffer = buffer_cls(size, ctx.meta.num_classes, seed=ctx.seed, **buffer_options)
+    return OnlineReplayPlugin(buffer, options.replay_batch_size, keys=keys)

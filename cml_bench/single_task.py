@@ -64,14 +64,17 @@ class SingleTaskReport:
     store_note: str = ""  # set by prepare: written / resumed / reused
 
     def count(self, split: str) -> int:
-        return len(self.splits[split].ids)
+        """Images of ``split``: those the annotations list, less the bad ones a store left out."""
+        return int(kept_rows(self.splits[split].ids, self.bad_images, split).sum())
 
     def class_counts(self, split: str) -> np.ndarray:
-        return self.splits[split].labels.sum(axis=0, dtype=np.int64)
+        keep = kept_rows(self.splits[split].ids, self.bad_images, split)
+        return self.splits[split].labels[keep].sum(axis=0, dtype=np.int64)
 
     def ignored_counts(self, split: str) -> np.ndarray | None:
         mask = self.splits[split].ignore
-        return None if mask is None else mask.sum(axis=0, dtype=np.int64)
+        keep = kept_rows(self.splits[split].ids, self.bad_images, split)
+        return None if mask is None else mask[keep].sum(axis=0, dtype=np.int64)
 
     def mismatches(self) -> list[str]:
         """Every difference from the published numbers."""
@@ -100,6 +103,13 @@ class SingleTaskReport:
                 line += f"  (+{int(self.ignored_counts('train')[c])} / +{int(self.ignored_counts('test')[c])})"
             lines.append(line)
         return "\n".join(lines + closing_lines(self.bad_images, self.store_note, self.source, self.mismatches()))
+
+
+def kept_rows(ids: Sequence[Any], bad_images: Sequence[dict[str, Any]], split: str) -> np.ndarray:
+    """bool per row of ``split``: False for the images a store left out (``--skip-bad-images``), so a
+    report counts what was kept."""
+    bad = {b["id"] for b in bad_images if b["split"] == split}
+    return np.array([i not in bad for i in ids], dtype=bool)
 
 
 def closing_lines(bad_images: list[dict[str, Any]], store_note: str, source: str, mismatches: list[str]) -> list[str]:

@@ -46,6 +46,10 @@ class StoreSpaceError(OSError, ValueError):
     line prints it as one line."""
 
 
+class StoreDamagedError(ValueError):
+    """A store's files are cut short or unreadable (a copy that stopped half way, a full disk)."""
+
+
 class BadImagesError(ValueError):
     """Some source images are missing, unreadable or truncated (and skipping was not asked for)."""
 
@@ -188,23 +192,33 @@ def partial_path(out: Path) -> Path:
 
 
 def open_store(path: str | Path, builder: str | None = None, builder_version: int | None = None,
-               rebuild_hint: str = "rebuild it with --force") -> Store:
+               rebuild_hint: str | None = None) -> Store:
     """Open a complete store, checking its format (and builder) version.
 
     Raises:
         FileNotFoundError: no folder, or no ``index.json`` (an incomplete build is never renamed
             into place, so this means the folder is not a store).
         StoreVersionError: written by another format or builder version; the message says how to
-            rebuild (``rebuild_hint``).
+            rebuild (``rebuild_hint``; default: the ``data prepare`` command of the store's builder).
+        StoreDamagedError: ``index.json`` or an array file is cut short or unreadable.
     """
     path = Path(path)
+    if rebuild_hint is None:
+        rebuild_hint = f"rebuild it with `python -m cml_bench data prepare {builder or '<dataset>'} ... --out {path} " \
+                       f"--force`"
     hint = f" (an interrupted build is kept beside it in {partial_path(path).name}; run prepare again to " \
            f"finish it)" if partial_path(path).is_dir() else ""
     if not path.is_dir():
         raise FileNotFoundError(f"Store folder '{path}' does not exist{hint}.")
     if not (path / INDEX).is_file():
         raise FileNotFoundError(f"'{path}' is not a complete store: {INDEX} is missing{hint}.")
-    index = json.loads((path / INDEX).read_text())
+    try:
+        index = json.loads((path / INDEX).read_text())
+    except ValueError as err:
+        raise StoreDamagedError(f"Store '{path}' is damaged: {INDEX} is not valid JSON ({err}); {rebuild_hint}.") \
+            from None
+    if not isinstance(index, dict):
+        raise StoreDamagedError(f"Store '{path}' is damaged: {INDEX} does not hold a mapping; {rebuild_hint}.")
     found = (index.get("format_version"), index.get("builder"), index.get("builder_version"))
     wanted = (FORMAT_VERSION, builder or found[1], builder_version if builder_version is not None else found[2])
     if found != wanted:
@@ -212,14 +226,25 @@ def open_store(path: str | Path, builder: str | None = None, builder_version: in
             f"Store '{path}' was written by builder {found[1]!r} version {found[2]} (store format "
             f"{found[0]}); this cml_bench reads builder {wanted[1]!r} version {wanted[2]} (format "
             f"{wanted[0]}): {rebuild_hint}.")
-    images = np.load(path / "images.npy", mmap_mode="r")
-    labels = np.load(path / "labels.npy", mmap_mode="r")
+    images = _load_array(path, "images.npy", rebuild_hint)
+    labels = _load_array(path, "labels.npy", rebuild_hint)
     if images.shape[0] != index["num_rows"] or labels.shape[0] != index["num_rows"]:
-        raise ValueError(f"Store '{path}' is damaged: index.json lists {index['num_rows']} rows, "
-                         f"images.npy has {images.shape[0]}, labels.npy {labels.shape[0]}; rebuild it "
-                         f"with --force.")
-    ignore = np.load(path / "ignore.npy", mmap_mode="r") if (path / "ignore.npy").is_file() else None
+        raise StoreDamagedError(f"Store '{path}' is damaged: index.json lists {index['num_rows']} rows, "
+                                f"images.npy has {images.shape[0]}, labels.npy {labels.shape[0]}; {rebuild_hint}.")
+    ignore = _load_array(path, "ignore.npy", rebuild_hint) if (path / "ignore.npy").is_file() else None
     return Store(path, index, images, labels, ignore)
+
+
+def _load_array(path: Path, name: str, rebuild_hint: str) -> np.ndarray:
+    """A store's ``.npy`` file, memory-mapped; a missing or cut file is a one-line StoreDamagedError."""
+    if not (path / name).is_file():
+        raise StoreDamagedError(f"Store '{path}' is damaged: {name} is missing; {rebuild_hint}.")
+    try:
+        return np.load(path / name, mmap_mode="r")
+    except (ValueError, EOFError, OSError) as err:  # numpy: "mmap length is greater than file size", "EOF: ..."
+        size = (path / name).stat().st_size
+        raise StoreDamagedError(f"Store '{path}' is damaged: {name} is truncated or not a .npy file ({size:,} "
+                                f"bytes; {err}); {rebuild_hint}.") from None
 
 
 @dataclass
@@ -229,7 +254,7 @@ class BuildResult:
     store: Store
     reused: bool = False
     resumed_from_row: int = 0
-    bad: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[dict[str, Any]] = field(default_factory=list)  # row, id, path, reason, split, task
 
     def note(self, out: str | Path) -> str:
         """One line for the preparation report: written, resumed or reused."""
@@ -333,12 +358,13 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
                                         f"(it needs about {need:.1f} GB); nothing was kept: free space "
                                         f"and run prepare again") from err
         raise
-    return BuildResult(open_store(out, builder, builder_version), resumed_from_row=resumed_from,
-                       bad=list(state["bad"]))
+    store = open_store(out, builder, builder_version)
+    return BuildResult(store, resumed_from_row=resumed_from, bad=_all_bad(store.index))
 
 
 def _all_bad(index: dict[str, Any]) -> list[dict[str, Any]]:
-    return [b for part in index["parts"] for b in part["bad"]]
+    """Every image left out of a store, in row order, each with the split and task of its part."""
+    return [{**b, "split": part["split"], "task": part["task"]} for part in index["parts"] for b in part["bad"]]
 
 
 def _load_progress(tmp: Path, fp: str) -> dict[str, Any] | None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cml_bench.buffers import make_buffer
-from cml_bench.replay import OnlineReplayPlugin
+from cml_bench.buffers import ExStreamBuffer
+from cml_bench.replay import ReplayOptions, replay_plugin
 from cml_bench.strategy import StrategyContext, register_strategy
 
 
@@ -23,17 +23,11 @@ def pooled_features(model: torch.nn.Module, images: torch.Tensor, targets: torch
 
 
 @dataclass(frozen=True)
-class ExStreamOptions:
-    """Attributes: ``buffer_size`` (None: the benchmark's, shared by all class buffers) and
-    ``replay_batch_size``."""
-
-    buffer_size: int | None = None
-    replay_batch_size: int = 10
+class ExStreamOptions(ReplayOptions):
+    """``buffer_size`` (None: the benchmark's, shared by all class buffers) and ``replay_batch_size``."""
 
 
 @register_strategy("exstream", options=ExStreamOptions, reference="Hayes et al., ICRA 2019",
                    description="online replay; per-class buffers merge their two closest points when full")
 def build(options: ExStreamOptions, ctx: StrategyContext) -> list:
-    size = options.buffer_size or ctx.meta.default_buffer_size
-    buffer = make_buffer("exstream", size, ctx.meta.num_classes, seed=ctx.seed)
-    return [OnlineReplayPlugin(buffer, options.replay_batch_size, keys=pooled_features)]
+    return [replay_plugin(ExStreamBuffer, options, ctx, keys=pooled_features)]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad, vmap
 
-from cml_bench.buffers import make_buffer
-from cml_bench.replay import OnlineReplayPlugin
+from cml_bench.buffers import GSSBuffer
+from cml_bench.replay import ReplayOptions, replay_plugin
 from cml_bench.strategy import StrategyContext, register_strategy
 from cml_bench.training import multilabel_loss
 
@@ -38,18 +38,14 @@ def head_gradients(model: torch.nn.Module, images: torch.Tensor, targets: torch.
 
 
 @dataclass(frozen=True)
-class GSSOptions:
-    """Attributes: ``buffer_size`` (None: the benchmark's), ``n_compare`` (stored samples each
-    incoming batch is compared with, the paper's n) and ``replay_batch_size``."""
+class GSSOptions(ReplayOptions):
+    """``n_compare``: stored samples each incoming batch is compared with (the paper's n); with
+    ``buffer_size`` (None: the benchmark's) and ``replay_batch_size`` from ``ReplayOptions``."""
 
-    buffer_size: int | None = None
     n_compare: int = 10
-    replay_batch_size: int = 10
 
 
 @register_strategy("gss", options=GSSOptions, reference="Aljundi et al., NeurIPS 2019 (GSS-Greedy)",
                    description="online replay; memory keeps samples with diverse loss gradients (GSS-Greedy)")
 def build(options: GSSOptions, ctx: StrategyContext) -> list:
-    size = options.buffer_size or ctx.meta.default_buffer_size
-    buffer = make_buffer("gss", size, ctx.meta.num_classes, seed=ctx.seed, n_compare=options.n_compare)
-    return [OnlineReplayPlugin(buffer, options.replay_batch_size, keys=head_gradients)]
+    return [replay_plugin(GSSBuffer, options, ctx, keys=head_gradients, n_compare=options.n_compare)]

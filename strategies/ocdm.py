@@ -9,25 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cml_bench.buffers import make_buffer
-from cml_bench.replay import OnlineReplayPlugin
+from cml_bench.buffers import OCDMBuffer
+from cml_bench.replay import ReplayOptions, replay_plugin
 from cml_bench.strategy import StrategyContext, register_strategy
 
 
 @dataclass(frozen=True)
-class OCDMOptions:
-    """Attributes: ``buffer_size`` and ``rho`` (None: the benchmark's protocol values, those of PRS;
-    rho = 0 makes the target uniform over the seen classes) and ``replay_batch_size``."""
+class OCDMOptions(ReplayOptions):
+    """``buffer_size`` and ``rho`` (None: the benchmark's protocol values, those of PRS; rho = 0 makes
+    the target uniform over the seen classes) and ``replay_batch_size``."""
 
-    buffer_size: int | None = None
     rho: float | None = None
-    replay_batch_size: int = 10
 
 
 @register_strategy("ocdm", options=OCDMOptions, reference="Liang and Li, arXiv 2209.11469 (2022)",
                    description="online replay; greedy memory update towards a target label distribution (KL)")
 def build(options: OCDMOptions, ctx: StrategyContext) -> list:
-    size = options.buffer_size or ctx.meta.default_buffer_size
     rho = ctx.meta.prs_rho if options.rho is None else options.rho
-    buffer = make_buffer("ocdm", size, ctx.meta.num_classes, seed=ctx.seed, rho=rho)
-    return [OnlineReplayPlugin(buffer, options.replay_batch_size)]
+    return [replay_plugin(OCDMBuffer, options, ctx, rho=rho)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cml_bench.config import ConfigError, EvalConfig, RunConfig, build_dataclass, load_yaml, resolve
+from cml_bench.config import ConfigError, RunConfig, TrainConfig, build_dataclass, load_yaml, resolve
 from cml_bench.runner import resolve_config, strategy_label
 
 
@@ -12,7 +12,7 @@ def test_defaults_and_types():
     config = resolve({})
     assert isinstance(config, RunConfig)
     assert config.train.batch_size == 10 and config.train.epochs == 1
-    assert build_dataclass(EvalConfig, {"threshold": 1}).threshold == 1.0  # int accepted for float
+    assert build_dataclass(TrainConfig, {"lr": 1}).lr == 1.0  # int accepted for float
 
 
 def test_unknown_key_is_named():
@@ -76,3 +76,23 @@ def test_round_trip_through_yaml(tmp_path):
     path.write_text(yaml.safe_dump(config.to_dict()))
     again = resolve_config(load_yaml(path))
     assert again == config
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 0.001), ("1E3", 1000.0), (".5", 0.5), ("5.", 5.0), ("1_000.5", 1000.5),
+                                        ("-2e+5", -2e5), ("+.5e-1", 0.05), ("0.01", 0.01)])
+def test_every_python_float_spelling_is_a_number(text, value, tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) and 1.0e3 (no exponent sign) as strings; --set and files must not."""
+    from cml_bench.cli import _parse_set
+
+    assert resolve(_parse_set([f"train.lr={text}"])).train.lr == value
+    (tmp_path / "c.yaml").write_text(f"train:\n  lr: {text}\n")
+    assert resolve(load_yaml(tmp_path / "c.yaml")).train.lr == value
+    assert _parse_set(["model.backbone=1e3", "seed=12"]) == {"model": {"backbone": 1000.0}, "seed": 12}
+
+
+def test_non_finite_numbers_are_refused():
+    for text in ("inf", "nan", ".inf", "-.inf", ".nan"):
+        with pytest.raises(ConfigError, match="train.lr: expected a (finite )?number.*"):
+            resolve({"train": {"lr": yaml.safe_load(text)}})
+    with pytest.raises(ConfigError, match="infinite and NaN values are not accepted"):
+        resolve({"train": {"lr": "inf"}})

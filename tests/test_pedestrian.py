@@ -293,6 +293,8 @@ def test_truncated_image_is_counted_listed_and_skipped_on_request(tmp_path, pa_t
     assert [b["id"] for b in report.bad_images] == ["000003.jpg"] and "000003.jpg" in report.text()
     bench = pedestrian._build("pa100k", pedestrian.PedestrianOptions(root=str(tmp_path / "store")))
     assert len(bench.train_stream[0].dataset) == 7
+    # the report counts the images kept (train + val = 7), not those annotation.mat lists (8)
+    assert "| train | 5 | 80,000 |" in report.text() and "train: 5 images, published" in report.text()
 
 
 def test_annotation_row_without_file_name_stops_unless_skipped(tmp_path):

@@ -81,19 +81,20 @@ def _fresh(registry: Registry) -> None:
 
 
 def test_readme_one_file_strategy_is_discovered_and_runs(tmp_path, monkeypatch, tiny_layer):
-    """The README's "Add a strategy in one file" example, dropped into the strategies folder."""
+    """The README's "Add a strategy in one file" example, in a folder named by --plugins."""
     import re
     from pathlib import Path
 
-    import strategies
+    from cml_bench import registry
     from cml_bench.runner import resolve_config, run
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(# strategies/replay_fifo.py\n.*?)```", readme, re.S).group(1)
-    (tmp_path / "replay_fifo.py").write_text(code)
-    monkeypatch.setattr(strategies, "__path__", [*strategies.__path__, str(tmp_path)])
-    _fresh(STRATEGIES)
+    code = re.search(r"```python\n(# my_plugins/replay_fifo.py\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "my_plugins").mkdir()
+    (tmp_path / "my_plugins" / "replay_fifo.py").write_text(code)
+    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
     try:
+        registry.add_plugin_folders([str(tmp_path / "my_plugins")])
         assert "fifo" in STRATEGIES.names()
         config = resolve_config(tiny_layer, {"strategy": {"name": "fifo+ssca"}})
         result = run(config, tmp_path / "out", log=lambda *_: None)
@@ -101,7 +102,8 @@ def test_readme_one_file_strategy_is_discovered_and_runs(tmp_path, monkeypatch, 
         assert {r["trained_through_task"] for r in result.rows} == {0, 1, 2, 3}
     finally:
         STRATEGIES._entries.pop("fifo", None)
-        sys.modules.pop("strategies.replay_fifo", None)
+        sys.modules.pop("cml_bench_plugin_replay_fifo", None)
+        registry._PLUGIN_FILES.pop((tmp_path / "my_plugins" / "replay_fifo.py").resolve(), None)
 
 
 def test_third_party_strategy_through_entry_point(tmp_path, monkeypatch):

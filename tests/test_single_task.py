@@ -318,6 +318,7 @@ def test_coco_truncated_image_stops_unless_skipped(tmp_path):
     assert [b["id"] for b in report.bad_images] == [23] and "1 bad image(s)" in report.text()
     bench = _bench("coco2014", str(tmp_path / "store"))
     assert len(bench.test_stream[0].dataset) == 3
+    assert report.count("test") == 3 and "| test | 3 |" in report.text()  # the images kept, not those listed
 
 
 def test_voc_difficult_flags_are_part_of_the_store_inputs(tmp_path):

@@ -1,6 +1,7 @@
 """A timm model as a feature-map backbone, taking uint8 or float images."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,21 @@ def _patch_embed(model: nn.Module) -> nn.Module | None:
     from timm.layers import PatchEmbed
 
     return next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
+
+
+def check_backbone_name(name: str) -> None:
+    """A one-line ValueError naming the nearest timm models when ``name`` is not one."""
+    import difflib
+
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    family = re.match(r"[A-Za-z]*", name).group() or name
+    raise ValueError(f"model.backbone: '{name}' is not a timm model.{hint} `python -c \"import timm; "
+                     f"print(timm.list_models('{family}*'))\"` lists the names.")
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -50,9 +66,17 @@ class FeatureBackbone(nn.Module):
 
         self.name = name
         kwargs = dict(options or {})
+        check_backbone_name(name)
         # Built where the caller builds (not on "meta"): its initialisation draws from the global RNG,
         # and the body's initial weights, hence every seeded run's results, depend on that.
-        probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+        try:
+            probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+        except TypeError as err:  # an option the model's constructor does not take
+            raise ValueError(f"model.backbone_options {sorted(kwargs)}: timm's '{name}' refuses them ({err}); "
+                             f"remove the option or pick a backbone that takes it.") from None
+        except RuntimeError as err:  # e.g. "feature_info not supported" for a classifier-only model
+            raise ValueError(f"model.backbone '{name}' cannot serve as a feature-map backbone (timm: {err}).") \
+                from None
         if image_size is not None and _patch_embed(probe) is not None:
             kwargs["img_size"] = tuple(image_size)
         levels = len(probe.feature_info)

@@ -83,7 +83,7 @@ class SSCAHead(nn.Module):
         super().__init__()
         if num_modules < 1:
             raise ValueError(f"Expected model.ssca_modules >= 1, got {num_modules}.")
-        dim = dim or channels
+        dim = channels if dim is None else dim
         self.queries = nn.Parameter(torch.empty(num_labels, channels))
         nn.init.kaiming_normal_(self.queries)
         self.query_embed = projection(channels, dim)  # shared by the modules; see the module docstring
