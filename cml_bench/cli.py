@@ -75,7 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds N runs N seeds counting up from --seed: N must be >= 1, got {args.seeds}.")
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
-    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy), n_seeds=1 if args.seeds is None else args.seeds)
+    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
+                          n_seeds=1 if args.seeds is None else args.seeds)
     for item in plan_runs(configs, args.out, rerun=args.rerun):
         config, label, done = item.config, item.label, item.done
         if done is not None:
