@@ -84,9 +84,11 @@ def test_every_python_float_spelling_is_a_number(text, value, tmp_path):
     """YAML 1.1 reads 1e-3 (no dot) and 1.0e3 (no exponent sign) as strings; --set and files must not."""
     from cml_bench.cli import _parse_set
 
-    assert resolve(_parse_set([f"train.lr={text}"])).train.lr == value
-    (tmp_path / "c.yaml").write_text(f"train:\n  lr: {text}\n")
-    assert resolve(load_yaml(tmp_path / "c.yaml")).train.lr == value
+    assert _parse_set([f"strategy.options.rho={text}"]) == {"strategy": {"options": {"rho": value}}}
+    (tmp_path / "c.yaml").write_text(f"strategy:\n  options: {{rho: {text}}}\n")
+    assert load_yaml(tmp_path / "c.yaml") == {"strategy": {"options": {"rho": value}}}
+    if value > 0:
+        assert resolve(_parse_set([f"train.lr={text}"])).train.lr == value
     assert _parse_set(["model.backbone=1e3", "seed=12"]) == {"model": {"backbone": 1000.0}, "seed": 12}
 
 

@@ -10,6 +10,7 @@ from cml_bench.models import (
     FeatureBackbone,
     MultiLabelNet,
     PretrainedWeightsError,
+    SSCAHead,
     build_head,
     build_model,
     count_parameters,
@@ -65,8 +66,10 @@ def test_pooled_heads_shapes(head):
 def test_head_errors():
     with pytest.raises(ValueError, match="Unknown model.head 'sca'"):
         build_head(ModelConfig(head="sca"), 8, 3)
+    with pytest.raises(ValueError, match="model.ssca_modules: expected an integer >= 1"):
+        ModelConfig(head="ssca", ssca_modules=0)  # refused when the config is resolved
     with pytest.raises(ValueError, match="ssca_modules >= 1"):
-        build_head(ModelConfig(head="ssca", ssca_modules=0), 8, 3)
+        SSCAHead(8, 3, num_modules=0)
 
 
 # ---------------------------------------------------------------------------- paper Table 5
