@@ -316,6 +316,8 @@ def write_store(out: str | Path, parts: Sequence[StorePart], class_names: Sequen
     num_rows = sum(len(p.ids) for p in parts)
     num_classes = len(class_names)
     fp = _fingerprint(parts, class_names, size, builder, builder_version)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"'{out}' is a file, not a store folder: choose another --out.")
     if out.exists():
         if not (out / INDEX).is_file() and not (out / "images.npy").is_file() and any(out.iterdir()):
             # --force replaces stores only: a mistyped --out must never delete someone's folder

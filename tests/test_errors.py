@@ -52,6 +52,9 @@ def world(tmp_path_factory, cache_dir) -> dict[str, str]:
     (no_labels / "labels.npy").unlink()
     (root / "pa" / "data").mkdir(parents=True)
     (root / "pa" / "annotation.mat").write_bytes(b"MATLAB 5.0 MAT-file")  # cut after the first bytes
+    from test_pedestrian import make_pa100k
+
+    make_pa100k(root / "pa_good")
     (root / "a_folder").mkdir()
     (root / "a_file").write_text("not a folder")
 
@@ -70,7 +73,8 @@ def world(tmp_path_factory, cache_dir) -> dict[str, str]:
         torch.save(weights, root / name / "model.pt")
         damage(root / name / "model.pt")
     return {"tiny": str(root / "tiny.yaml"), "cut_images": str(cut_images), "cut_index": str(cut_index),
-            "no_labels": str(no_labels), "pa": str(root / "pa"), "a_folder": str(root / "a_folder"),
+            "no_labels": str(no_labels), "pa": str(root / "pa"), "pa_good": str(root / "pa_good"),
+            "a_folder": str(root / "a_folder"),
             "a_file": str(root / "a_file"), **{k: str(root / k) for k in ("cut_model", "text_model", "other_model")}}
 
 
@@ -120,6 +124,8 @@ CASES = {  # id: (argv, what the one line must name); each one failed differentl
     "store images.npy cut": ([*PA, "benchmark.options.root={cut_images}"], "images.npy is truncated"),
     "store index.json cut": ([*PA, "benchmark.options.root={cut_index}"], "index.json is not valid JSON"),
     "store labels.npy missing": ([*PA, "benchmark.options.root={no_labels}"], "labels.npy is missing"),
+    "data prepare --out a file": (["data", "prepare", "pa100k", "--root", "{pa_good}", "--out", "{a_file}"],
+                                   "is a file"),
     "annotation.mat cut": (["data", "inspect", "pa100k", "--root", "{pa}"], "annotation.mat' is not a readable"),
     "angles: model.pt cut": (["angles", "{cut_model}"], "model.pt' is not a readable model file"),
     "angles: model.pt not torch": (["angles", "{text_model}"], "model.pt' is not a readable model file"),
