@@ -291,6 +291,7 @@ def build_meta(options: SynthCocoseqOptions) -> BenchmarkMeta:
         "train": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5, "grad_clip_value": 5.0},
         "eval": {"batch_size": 200},
     },
+    identity=lambda options: f"synth-cocoseq generator {GENERATOR_VERSION}",  # the options are in the config
 )
 def build(options: SynthCocoseqOptions):
     arrays = load_or_generate(options)

@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cml_bench.config import merge
-    from cml_bench.results import summary_table
+    from cml_bench.results import prepare_out, summary_table
     from cml_bench.runner import run
     from cml_bench.sweep import expand_grid, parse_list, plan_runs
 
@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
     configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
                           n_seeds=1 if args.seeds is None else args.seeds)
+    prepare_out(args.out)
     for item in plan_runs(configs, args.out, rerun=args.rerun):
         config, label, done = item.config, item.label, item.done
         if done is not None:
@@ -84,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"config, skipped ({done}; --rerun runs it again)")
             summary = summary_table(pd.read_csv(Path(done) / "metrics.csv"))
         else:
-            result = run(config, args.out, log=print, resume=args.resume)
+            result = run(config, args.out, log=print)  # an interrupted run of this config resumes
             print(f"\n{label} on {config.benchmark.name}, seed {config.seed}: after the last task, on the "
                   f"test sets of all tasks ({result.wall_time_s:.0f} s)")
             summary = result.summary
@@ -114,6 +115,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           benchmarks=parse_list(args.benchmark),
                           seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
     out = args.out
+    if args.executor != "ray":  # on Ray, the nodes write --out (a shared folder the driver may not see)
+        from cml_bench.results import prepare_out
+
+        prepare_out(out)
     if args.executor == "ray":
         executor = RayExecutor(args.address, max_retries=args.max_retries)
         out = str(Path(out).resolve())  # the workers' working folder is not ours
@@ -121,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.address:
             raise ConfigError("--address is for --executor ray; the local executor needs none.")
         executor = LocalExecutor(args.workers)
-    report = run_sweep(plan_runs(configs, out, rerun=args.rerun), out, executor,
+    report = run_sweep(plan_runs(configs, out, rerun=args.rerun, threads=args.cpus_per_run), out, executor,
                        cpus=args.cpus_per_run, gpus=args.gpus_per_run)
     print(summary_text(report, args.out))
     return 1 if report.failed else 0
@@ -292,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed of data order, model init and buffer choices (default 0)")
     run.add_argument("--seeds", type=int, metavar="N", help="run N seeds: --seed, --seed + 1, ...")
     run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run of the same config after its last finished task")
+                     help="(the default) an interrupted run of the same config and data continues after its "
+                          "last finished task; to start afresh, delete its .partial-* folder")
     run.add_argument("--rerun", action="store_true",
                      help="run even if a finished run with the same resolved config exists (default: skip it)")
     run.add_argument("--config", metavar="NAME|FILE.yaml",

@@ -4,20 +4,29 @@ Reads every finished run folder below a results root (the layout of :mod:`cml_be
 ``<benchmark>/<strategy>/seed<k>-<timestamp>[-n]/metrics.csv``, at any depth; hidden ``.partial-*``
 folders are runs still being written and are skipped). A run's *final results* are its rows after its
 last task (``trained_through_task`` = its maximum) on the union of all test sets (``eval_on = seen``).
+
+Rows are experiments, never mixtures: runs are keyed by their resolved config without the seed and
+the device, plus the data's identity (:func:`cml_bench.identity.experiment_key`, column ``config``).
+Where one (benchmark, strategy) has runs of several configs, each is its own row, labelled
+``strategy [key]``, and a note names the config keys that differ. Damaged runs (a manifest that does
+not vouch for the metrics, see :func:`cml_bench.results.check_run`) are left out with a note.
 """
 from __future__ import annotations
 
 import csv
 import io
 import re
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from cml_bench.evaluator import ATTRIBUTE_METRICS
-from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, metric_family
+from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
+from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, check_run, metric_family
 
 METRICS = ("CF1", "OF1", "mAP")
 GROUPS = tuple(GROUP_ORDER)  # majority, moderate, minority, all ("overall" in tables and plots)
@@ -102,24 +111,148 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     return frame.astype({"seed": int, "trained_through_task": int})
 
 
-def load_results(root: str | Path) -> pd.DataFrame:
-    """Every finished run's metrics.csv below ``root`` (any depth), with a ``run`` column.
+@dataclass
+class RunSet:
+    """The runs under a results root: the metrics of the usable ones (columns of ``metrics.csv``
+    plus ``run`` and ``config``), and what was left out or read unchecked.
 
-    ``run`` is the run folder relative to ``root`` (POSIX form). Folders whose name starts with
-    "." (unfinished ``.partial-*`` runs) are skipped with everything below them. Raises
-    FileNotFoundError if ``root`` is not a folder, ValueError if no finished run is found or a
-    metrics.csv is corrupted (naming the file). Nothing is written.
+    Attributes:
+        frame: long rows of every usable run; ``strategy`` carries ``[key]`` where its
+            (benchmark, strategy) has runs of several configs.
+        damaged: run -> why it was left out.
+        legacy: runs whose manifest predates metrics checksums (read unchecked).
+        differing: per displayed (benchmark, base strategy) with several configs, the flat config
+            keys (and ``data``) whose values differ, per label.
     """
+
+    frame: pd.DataFrame
+    damaged: dict[str, str] = field(default_factory=dict)
+    legacy: list[str] = field(default_factory=list)
+    differing: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def _resolved_config(folder: Path) -> dict[str, Any]:
+    """The run's config.yaml resolved like the skip logic does (keys added since get their
+    defaults); the raw mapping if it no longer resolves; {} if unreadable."""
+    from cml_bench.config import ConfigError, resolve
+
+    try:
+        stored = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    try:
+        return resolve(stored).to_dict()
+    except (ConfigError, TypeError):
+        return stored
+
+
+def load_runs(root: str | Path) -> RunSet:
+    """Every run below ``root`` (any depth; "."-folders such as ``.partial-*`` skipped): usable ones
+    in :attr:`RunSet.frame` keyed by experiment, damaged ones listed with the reason. Raises
+    FileNotFoundError if ``root`` is not a folder, ValueError if no usable run is found. Nothing is
+    written."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Results folder {root} {'is not a folder' if root.exists() else 'does not exist'}.")
     files = sorted(p for p in root.rglob("metrics.csv")
                    if not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not files:
-        raise ValueError(f"No finished runs found under {root} (no <benchmark>/<strategy>/seed<k>-*/"
+    runs = RunSet(pd.DataFrame())
+    frames, meta = [], []
+    for path in files:
+        run = path.parent.relative_to(root).as_posix()
+        check = check_run(path.parent)
+        if check.usable:
+            try:
+                frame = _read_metrics(path)
+            except ValueError as err:
+                check.status, check.reason = "damaged", str(err).split(": ", 1)[-1].rstrip(".")
+        if not check.usable:
+            runs.damaged[run] = check.reason
+            continue
+        if check.status == "legacy":
+            runs.legacy.append(run)
+        identity = (check.manifest or {}).get("identity") or None
+        ident = None if identity is None else (identity.get("data"), identity.get("weights"))
+        frames.append(frame.assign(run=run))
+        meta.append((run, _resolved_config(path.parent), ident))
+    if not frames:
+        damaged = f" ({len(runs.damaged)} damaged: {_listing(runs.damaged)})" if runs.damaged else ""
+        raise ValueError(f"No finished runs found under {root}{damaged} (no <benchmark>/<strategy>/seed<k>-*/"
                          f"metrics.csv). Make one with `python -m cml_bench run --out {root} ...`.")
-    frames = [_read_metrics(p).assign(run=p.parent.relative_to(root).as_posix()) for p in files]
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    keys = _experiment_keys(meta)
+    df["config"] = df["run"].map(keys)
+    runs.frame = _label_configs(df, {run: cfg for run, cfg, _ in meta}, {run: i for run, _, i in meta}, runs)
+    return runs
+
+
+def _experiment_keys(meta: list[tuple[str, dict[str, Any], tuple | None]]) -> dict[str, str]:
+    """run -> experiment key. A run that predates recorded data identities joins the runs of its
+    config when they all agree on one data identity (it cannot be told apart from them)."""
+    by_config: dict[str, set] = {}
+    for _, cfg, ident in meta:
+        by_config.setdefault(config_hash(cfg, NOT_THE_EXPERIMENT, 64), set()).add(ident)
+    keys = {}
+    for run, cfg, ident in meta:
+        base = config_hash(cfg, NOT_THE_EXPERIMENT, 64)
+        known = by_config[base] - {None}
+        if ident is None and len(known) == 1:
+            ident = next(iter(known))
+        keys[run] = experiment_key(cfg, *(ident or (None, None)))
+    return keys
+
+
+def _label_configs(df: pd.DataFrame, configs: dict[str, dict[str, Any]], idents: dict[str, Any],
+                   runs: RunSet) -> pd.DataFrame:
+    """``strategy`` -> ``strategy [key]`` where a (benchmark, strategy) has several experiment
+    keys; record in ``runs.differing`` which config keys tell them apart."""
+    pairs = df[["benchmark", "strategy", "config", "run"]].drop_duplicates()
+    labels: dict[tuple[str, str, str], str] = {}
+    for (bench, strategy), group in pairs.groupby(["benchmark", "strategy"]):
+        keys = sorted(set(group["config"]))
+        if len(keys) == 1:
+            continue
+        flats = {}
+        for key in keys:
+            run = group.loc[group["config"] == key, "run"].iloc[0]
+            cfg = {k: v for k, v in flat_items(configs[run]).items() if k not in NOT_THE_EXPERIMENT}
+            ident = idents[run]
+            cfg["data"] = "(not recorded)" if ident is None else ident[0]
+            if ident is not None and ident[1] is not None:
+                cfg["weights"] = ident[1]
+            label = f"{strategy} [{key[:6]}]"
+            labels[(bench, strategy, key)] = label
+            flats[label] = cfg
+        names = sorted({k for f in flats.values() for k in f})
+        differ = [k for k in names if len({repr(f.get(k, "(missing)")) for f in flats.values()}) > 1]
+        runs.differing[(bench, strategy)] = {label: {k: f.get(k, "(missing)") for k in differ}
+                                             for label, f in flats.items()}
+    if labels:
+        index = list(zip(df["benchmark"], df["strategy"], df["config"]))
+        df = df.assign(strategy=[labels.get(i, i[1]) for i in index])
+    return df
+
+
+def _listing(runs: dict[str, str]) -> str:
+    return "; ".join(f"`{run}` ({why})" for run, why in sorted(runs.items()))
+
+
+def load_results(root: str | Path) -> pd.DataFrame:
+    """Every finished run's metrics.csv below ``root`` (any depth), with ``run`` and ``config``
+    columns (see :class:`RunSet`), strictly: a damaged run is an error.
+
+    ``run`` is the run folder relative to ``root`` (POSIX form). Folders whose name starts with
+    "." (unfinished ``.partial-*`` runs) are skipped with everything below them. Raises
+    FileNotFoundError if ``root`` is not a folder, ValueError if no finished run is found or a run
+    is damaged (naming the file). Nothing is written. :func:`load_runs` leaves damaged runs out.
+    """
+    runs = load_runs(root)
+    if runs.damaged:
+        run, why = sorted(runs.damaged.items())[0]
+        raise ValueError(f"Corrupted or partial results file {Path(root) / run / 'metrics.csv'}: {why}.")
+    return runs.frame
 
 
 def _run_age(run: str) -> str:
@@ -131,15 +264,17 @@ def _run_age(run: str) -> str:
 
 
 def latest_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the newest run of each (benchmark, strategy, seed), by run folder timestamp."""
-    runs = df[["benchmark", "strategy", "seed", "run"]].drop_duplicates()
+    """The rows of the newest run of each (benchmark, strategy, config, seed), by run folder
+    timestamp (``config``: the experiment key, when the frame has that column)."""
+    key = ["benchmark", "strategy"] + (["config"] if "config" in df.columns else []) + ["seed"]
+    runs = df[key + ["run"]].drop_duplicates()
     runs = runs.assign(age=runs["run"].map(_run_age)).sort_values("age")
-    newest = runs.groupby(["benchmark", "strategy", "seed"])["run"].last()
+    newest = runs.groupby(key)["run"].last()
     return df[df["run"].isin(set(newest))]
 
 
 def superseded_runs(df: pd.DataFrame) -> list[str]:
-    """Runs ignored because a newer run of the same (benchmark, strategy, seed) exists."""
+    """Runs ignored because a newer run of the same (benchmark, strategy, config, seed) exists."""
     return sorted(set(df["run"]) - set(latest_runs(df)["run"]))
 
 
@@ -354,7 +489,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     from cml_bench import plots  # matplotlib only when plots are drawn
 
     root = Path(root)
-    df = load_results(root)
+    runs = load_runs(root)
+    df = runs.frame
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
     tables, flats = [], []
@@ -368,10 +504,12 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
         tables.append(table)
         flats.append(pd.concat(parts, ignore_index=True))
     flat = pd.concat(flats, ignore_index=True)
+    config_of = df.drop_duplicates(["benchmark", "strategy"]).set_index(["benchmark", "strategy"])["config"]
     flat = flat.assign(reference=flat["strategy"].str.startswith(REFERENCE_PREFIX),
-                       seed=flat["seed"].astype("Int64"), order=flat["row"].map(["seed", *STATS].index))
+                       seed=flat["seed"].astype("Int64"), order=flat["row"].map(["seed", *STATS].index),
+                       config=[config_of.get(k) for k in zip(flat["benchmark"], flat["strategy"])])
     flat = _sorted_rows(flat.set_index(["benchmark", "strategy", "order", "seed"])).reset_index()
-    lead = ["benchmark", "strategy", "row", "seed", "run", "reference"]
+    lead = ["benchmark", "strategy", "row", "seed", "run", "config", "reference"]
     flat = flat[lead + [c for c in flat.columns if c not in lead + ["order"]]]
     flat.to_csv(out / "leaderboard.csv", index=False, float_format="%.10g")  # n as 3, not 3.0
     accuracy_matrix(df).to_csv(out / "accuracy_matrix.csv", index=False)
@@ -386,9 +524,7 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     old = superseded_runs(df)
     md = [f"# Leaderboard: {df['run'].nunique() - len(old)} runs under `{root}`", ""]
     md += [to_markdown(table) for table in tables]
-    if old:
-        md.append(f"Ignored {len(old)} older run(s) of a (strategy, seed) that has a newer run: "
-                  + ", ".join(f"`{r}`" for r in old) + "\n")
+    md += _notes(runs, old)
     if continual is not None:
         md.append("![mAP on all seen tasks after each task](plot_stream.png)\n\n"
                   "![mAP on task j after task i](plot_matrix.png)\n\n"
@@ -397,6 +533,25 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     (out / "leaderboard.md").write_text(text)
     (out / "leaderboard.tex").write_text("\n".join(to_latex(table) for table in tables))
     return text
+
+
+def _notes(runs: RunSet, old: list[str]) -> list[str]:
+    """The leaderboard's closing notes: configs told apart, runs left out and why, unchecked runs."""
+    notes = []
+    for (bench, strategy), labels in sorted(runs.differing.items()):
+        parts = [f"`{label}`: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                 for label, values in labels.items()]
+        notes.append(f"{bench} / {strategy}: runs of {len(labels)} configurations, never averaged together; "
+                     f"they differ in " + "; ".join(parts) + "\n")
+    if old:
+        notes.append(f"Ignored {len(old)} older run(s) of a (strategy, config, seed) that has a newer run: "
+                     + ", ".join(f"`{r}`" for r in old) + "\n")
+    if runs.damaged:
+        notes.append(f"Left out {len(runs.damaged)} damaged run(s): {_listing(runs.damaged)}\n")
+    if runs.legacy:
+        notes.append(f"{len(runs.legacy)} run(s) were written before manifests recorded a checksum of "
+                     f"metrics.csv: read unchecked.\n")
+    return notes
 
 
 def _by_family(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

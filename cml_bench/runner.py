@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from cml_bench.config import ConfigError, RunConfig, build_dataclass, image_hw, 
 from cml_bench.evaluator import Evaluator
 from cml_bench.models import build_model
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
-from cml_bench.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
-from cml_bench.results import find_partial, finish_run, manifest, start_run, summary_table
+from cml_bench.checkpoint import CheckpointError, load_checkpoint, restore_checkpoint, save_checkpoint
+from cml_bench.identity import run_identity
+from cml_bench.results import (RunLock, cleanup_partials, find_partial, finish_run, manifest, set_aside, start_run,
+                               summary_table)
 from cml_bench.store import record_store_use
 from cml_bench.strategy import StrategyContext, StrategySpec
 from cml_bench.stream import BenchmarkSpec, MultiLabelBenchmark, joint_experience
@@ -104,11 +107,14 @@ def build_benchmark(config: RunConfig) -> MultiLabelBenchmark:
 
 
 def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | None = None,
-        log=print, resume: bool = False) -> RunResult:
+        log=print, resume: bool = True, lock_wait_s: float = 0.0) -> RunResult:
     """Train ``config.strategy`` on ``config.benchmark`` and write the run folder under ``out``.
 
     A checkpoint is written after every task into the run's hidden staging folder; with
-    ``resume=True`` an unfinished run of the same config continues after its last finished task.
+    ``resume`` (the default) an unfinished run of the same config and
+    :func:`~cml_bench.identity.run_identity` continues after its last finished task. The working
+    folder is locked while the run works in it; ``lock_wait_s`` is how long to wait for a lock held
+    on another host to go stale (a run whose node died) before giving up.
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
@@ -133,15 +139,50 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                           labels={"benchmark": meta.name, "strategy": label, "seed": config.seed},
                           image_size=eval_size)
 
-    staging = find_partial(out, config, label) if resume else None
+    identity = run_identity(config, torch.get_num_threads())
+    notes: list[str] = []
+    staging = find_partial(out, config, label, identity, notes) if resume else None
+    for note in notes:
+        log(f"{label} on {meta.name}, seed {config.seed}: {note}")
     done = -1
     if staging is not None:
-        done = restore_checkpoint(load_checkpoint(staging), strategy, plugins, evaluator)
-        log(f"{label} on {meta.name}, seed {config.seed}: resuming after task {done} from {staging}")
+        lock = RunLock(staging).acquire(lock_wait_s)
+        try:
+            state = load_checkpoint(staging)
+        except CheckpointError as err:
+            lock.release()
+            moved = set_aside(staging)
+            raise CheckpointError(f"{err}. Its folder was set aside as {moved}; the same command now starts "
+                                  f"this run from task 0.") from None
+        done = restore_checkpoint(state, strategy, plugins, evaluator)
+        log(f"{label} on {meta.name}, seed {config.seed}: resuming after task {done} from {staging} "
+            f"(an interrupted run of this config)")
     else:
         staging = start_run(out, config, label)
+        lock = RunLock(staging).acquire()
         log(f"{label} on {meta.name}: {meta.num_tasks} task{'s' * (meta.num_tasks != 1)}, {meta.num_classes} classes, "
             f"seed {config.seed}, device {device}")
+    try:
+        path = _train(config, out, benchmark, strategy, plugins, evaluator, spec, staging, done, identity, log,
+                      start, label)
+    except BaseException:
+        lock.release()
+        if not (staging / "checkpoint.pt").exists():  # nothing to resume from: leave nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    lock.release()
+    removed = cleanup_partials(out, config, label)
+    if removed:
+        log(f"  removed {len(removed)} superseded unfinished run(s) of this config: {', '.join(p.name for p in removed)}")
+    summary = summary_table(pd.DataFrame(evaluator.rows))
+    return RunResult(path, evaluator.rows, summary, time.perf_counter() - start)
+
+
+def _train(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark, strategy: MultiLabelTemplate,
+           plugins: list, evaluator: Evaluator, spec: StrategySpec, staging: Path, done: int,
+           identity: dict[str, Any], log, start: float, label: str) -> Path:
+    """Train the tasks after ``done`` (checkpointing each), then write the run folder; return it."""
+    meta, model = benchmark.meta, strategy.model
     if spec.joint:
         strategy.train(joint_experience(benchmark))
         evaluator.after_task(model, meta.num_tasks - 1)
@@ -154,14 +195,12 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
             seen = evaluator.after_task(model, task)
             log(f"  after task {task}: {evaluator.headline} on seen tasks {seen['all'][evaluator.headline]:.1f}")
             if task < meta.num_tasks - 1:
-                save_checkpoint(staging, task, strategy, plugins, evaluator)
+                save_checkpoint(staging, task, strategy, plugins, evaluator, identity)
     evaluator.finish()
     wall = time.perf_counter() - start
     extra = {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
-             "train_images": sum(len(e.dataset) for e in benchmark.train_stream)}
+             "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity}
     if "store" in benchmark.extra:  # a prepared store: which one, and which images it left out
         extra["data"] = record_store_use(benchmark.extra["store"], staging)
     info = manifest(config, wall, extra)
-    path = finish_run(staging, config, evaluator.rows, info, model_state=model.state_dict())
-    summary = summary_table(pd.DataFrame(evaluator.rows))
-    return RunResult(path, evaluator.rows, summary, wall)
+    return finish_run(staging, config, evaluator.rows, info, model_state=model.state_dict())

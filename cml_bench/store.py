@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -477,9 +478,11 @@ def _index(parts: Sequence[StorePart], class_names: Sequence[str], builder: str,
                           "num_images": int(keep.sum()), "ids": list(part.ids),
                           "class_counts": [int(c) for c in counts], "bad": bad})
         start = stop
+    # build_id: a new one every time the store is (re)built, so runs trained on an earlier build of
+    # the same plan (other image files at the same paths) are never taken for runs on this one
     return {"format_version": FORMAT_VERSION, "builder": builder, "builder_version": builder_version,
             "size": size, "num_rows": start, "class_names": list(class_names), "fingerprint": fp,
-            "parts": out_parts, "info": info}
+            "build_id": uuid.uuid4().hex[:16], "parts": out_parts, "info": info}
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -490,6 +493,19 @@ def _publish(tmp: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def store_identity(root: str | Path) -> str | None:
+    """The identity of the store at ``root`` for run bookkeeping: its fingerprint (the plan: ids,
+    paths, labels, size, builder) and its build id (new at every build); None when no store is there."""
+    try:
+        index = json.loads((Path(root) / INDEX).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or "fingerprint" not in index:
+        return None
+    build = index.get("build_id")
+    return f"store {index['fingerprint'][:16]}" + (f" build {build}" if build else "")
 
 
 def record_store_use(store: Store, folder: Path) -> dict[str, Any]:

@@ -142,6 +142,9 @@ class BenchmarkSpec:
         options: dataclass of the benchmark's own options (validated from ``benchmark.options``).
         description: one line for ``list``.
         defaults: config layer applied below the user's YAML (e.g. the model that suits it).
+        identity: ``identity(options) -> str`` naming what the data is beyond its options (a
+            generator's version); None: a prepared store's identity when ``options.root`` names one.
+            A finished run counts as done only on data of the same identity.
     """
 
     name: str
@@ -149,6 +152,7 @@ class BenchmarkSpec:
     options: type
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    identity: Callable[[Any], str | None] | None = None
 
 
 register_benchmark = decorator(BENCHMARKS, BenchmarkSpec)

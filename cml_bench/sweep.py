@@ -82,15 +82,29 @@ class PlannedRun:
         return f"{self.label} on {self.config.benchmark.name}, seed {self.config.seed}"
 
 
-def plan_runs(configs: Sequence[RunConfig], out: str | Path, rerun: bool = False) -> list[PlannedRun]:
-    """Pair each config with its finished run under ``out`` (none when ``rerun``)."""
+def plan_runs(configs: Sequence[RunConfig], out: str | Path, rerun: bool = False, threads: int | None = None,
+              log: Callable[[str], None] | None = None) -> list[PlannedRun]:
+    """Pair each config with its finished run under ``out`` (none when ``rerun``).
+
+    A run is done only on the same data, weights and (on a CPU) ``threads`` (default: this
+    process's torch thread count); see :mod:`cml_bench.identity`. Finished runs that do not count
+    (damaged, other data) are reported through ``log``, one line each.
+    """
+    import torch
+
+    from cml_bench.identity import run_identity
     from cml_bench.results import find_finished
     from cml_bench.runner import strategy_label
 
+    threads = threads if threads is not None else torch.get_num_threads()
     planned = []
     for config in configs:
         label = strategy_label(config)
-        planned.append(PlannedRun(config, label, None if rerun else find_finished(out, config, label)))
+        notes: list[str] = []
+        done = None if rerun else find_finished(out, config, label, run_identity(config, threads), notes)
+        for note in notes:
+            (log or print)(f"{label} on {config.benchmark.name}, seed {config.seed}: {note}")
+        planned.append(PlannedRun(config, label, done))
     return planned
 
 
@@ -121,19 +135,22 @@ def run_one(config: RunConfig, out: str, cpus: int, log: Callable[..., None] | N
     """
     import torch
 
-    from cml_bench.results import find_finished, find_partial
+    from cml_bench.identity import run_identity
+    from cml_bench.results import STALE_AFTER_S, find_finished, find_partial
     from cml_bench.runner import run, strategy_label
 
     start = time.perf_counter()
     label = strategy_label(config)
-    done = find_finished(out, config, label)
-    if done is not None:
-        return Outcome(str(done), note="already finished")
-    note = "resumed" if find_partial(out, config, label) is not None else ""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cpus)))
     try:
-        result = run(config, out, log=log or (lambda *_: None), resume=True)
+        identity = run_identity(config, torch.get_num_threads())
+        done = find_finished(out, config, label, identity)
+        if done is not None:
+            return Outcome(str(done), note="already finished")
+        note = "resumed" if find_partial(out, config, label, identity) is not None else ""
+        # a retry of a run whose node died waits for the dead node's lock to go stale
+        result = run(config, out, log=log or (lambda *_: None), resume=True, lock_wait_s=STALE_AFTER_S + 30)
         return Outcome(str(result.path), wall_time_s=time.perf_counter() - start, note=note)
     except Exception as err:  # noqa: BLE001 - reported by the driver, the sweep goes on
         return Outcome(error=first_line(err), wall_time_s=time.perf_counter() - start)
@@ -142,6 +159,34 @@ def run_one(config: RunConfig, out: str, cpus: int, log: Callable[..., None] | N
 
 
 # --- executors: submit runs, then yield (index, Outcome) as runs end -------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initialiser of local worker processes: end when the sweep driver ends, however it ends.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``); on every
+    platform a daemon thread also checks once a second that the parent is still there (and covers a
+    parent that died before the ``prctl`` call). A killed worker's run resumes from its checkpoint.
+    """
+    import os
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no glibc: the thread below still watches
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cml_bench parent watch", daemon=True).start()
 
 
 class LocalExecutor:
@@ -163,7 +208,10 @@ class LocalExecutor:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         # spawn: a forked torch / OpenMP runtime can deadlock in the child
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        import os
+
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             pending = list(range(len(runs)))
             active: dict[Any, int] = {}
             while pending or active:

@@ -262,7 +262,7 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     assert "**41.0**" in ours and "73.4" in paper and "**" not in paper  # references never bold
     assert md.count("| paper:") == 9  # only for cocoseq, not for synth-cocoseq
     board = pd.read_csv(out / "leaderboard.csv")
-    assert list(board.columns) == ["benchmark", "strategy", "row", "seed", "run", "reference"] + [
+    assert list(board.columns) == ["benchmark", "strategy", "row", "seed", "run", "config", "reference"] + [
         f"{g}_{m}" for g in ("majority", "moderate", "minority", "all") for m in ("CF1", "OF1", "mAP")]
     assert set(board["row"]) == {"seed", "mean", "std", "n"}
     assert board.loc[board.reference, "strategy"].str.startswith("paper: ").all()
@@ -284,7 +284,7 @@ def test_forgetting_table_and_long_export(results, tmp_path):
     out = tmp_path / "board"
     lb.write_leaderboard(results, out)
     everything = pd.read_csv(out / "all_metrics.csv")
-    assert list(everything.columns) == CSV_COLUMNS + ["run"]
+    assert list(everything.columns) == CSV_COLUMNS + ["run", "config"]
     assert len(everything) == len(lb.load_results(results))
 
 

@@ -1,0 +1,117 @@
+"""What makes two runs "the same": the one home of config hashes and run identities.
+
+Two questions are asked of every run folder, and both are answered here:
+
+* **Is it the same experiment?** (the leaderboard pools seeds of one experiment into a row):
+  :func:`experiment_key` hashes the fully resolved config without what does not define the
+  experiment (:data:`NOT_THE_EXPERIMENT`: the seed, the device, where caches live), together with
+  the data's identity. Runs of different keys are never averaged together.
+* **Is it this very run, already done?** (``run`` / ``sweep`` skip it, ``--resume`` continues it):
+  the resolved config must be equal (seed and device included; see
+  :func:`cml_bench.results.find_finished`) *and* the :func:`run_identity` recorded in the run's
+  manifest must equal today's: the data's identity (a prepared store's fingerprint and build, the
+  synthetic generator's version), the pretrained weights' hash, and on a CPU the torch thread
+  count (results are not bitwise equal across thread counts).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+# Dotted config keys left out of the experiment key: they change where a run executes or where it
+# caches data, not what it computes (the device only changes floating-point rounding).
+NOT_THE_EXPERIMENT = ("seed", "device", "benchmark.options.cache_dir")
+
+
+def config_hash(config: Mapping[str, Any], exclude: tuple[str, ...] = (), length: int = 12) -> str:
+    """Hex digest of a (resolved) config mapping, without the dotted keys ``exclude``.
+
+    Canonical: key order does not matter, tuples equal lists.
+
+    >>> config_hash({"a": 1, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})
+    True
+    >>> config_hash({"seed": 0, "x": 1}, ("seed",)) == config_hash({"seed": 5, "x": 1}, ("seed",))
+    True
+    """
+    data = copy.deepcopy(dict(config))
+    for dotted in exclude:
+        node: Any = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def experiment_key(config: Mapping[str, Any], data: str | None = None, weights: str | None = None) -> str:
+    """The leaderboard's row key: config without :data:`NOT_THE_EXPERIMENT`, plus the data and
+    weights identities (when known)."""
+    return config_hash({"config": config_hash(config, NOT_THE_EXPERIMENT, 64), "data": data,
+                        "weights": weights})
+
+
+def flat_items(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}`` (for notes naming the keys that differ)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flat_items(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file (cached per path, size and modification time within this process)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def data_identity(config: Any) -> str | None:
+    """What the run's data is, beyond its config: the benchmark's ``identity(options)`` when it
+    defines one (synthetic generators: their version), else the prepared store's identity when
+    ``benchmark.options.root`` names a store (see :func:`cml_bench.store.store_identity`)."""
+    from cml_bench.config import build_dataclass
+    from cml_bench.registry import BENCHMARKS
+    from cml_bench.store import store_identity
+
+    spec = BENCHMARKS.get(config.benchmark.name)
+    options = build_dataclass(spec.options, config.benchmark.options, "benchmark.options")
+    if getattr(spec, "identity", None) is not None:
+        return spec.identity(options)
+    root = getattr(options, "root", None)
+    return store_identity(root) if root else None
+
+
+def weights_identity(config: Any) -> str | None:
+    """sha256 of the local pretrained weights file, when the model loads one; None otherwise (no
+    pretrained weights, or timm's published ones, named by the backbone in the config)."""
+    model = config.model
+    path = getattr(model, "weights_path", None)
+    if getattr(model, "pretrained", False) and path and Path(path).is_file():
+        return "sha256:" + file_sha256(path)[:16]
+    return None
+
+
+def run_identity(config: Any, threads: int) -> dict[str, Any]:
+    """Everything besides the resolved config that must match for a run to count as done or to be
+    resumed: data, weights, and (on a CPU, where results depend on it) the thread count."""
+    return {"data": data_identity(config), "weights": weights_identity(config),
+            "threads": int(threads) if str(config.device).startswith("cpu") else None}
