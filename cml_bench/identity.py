@@ -100,13 +100,33 @@ def data_identity(config: Any) -> str | None:
     return store_identity(root) if root else None
 
 
+def _weights_file(value: str) -> Path | None:
+    """The file a weights setting names: a path, or a name the backbone module resolves (shipped
+    weights); None when neither."""
+    if Path(value).is_file():
+        return Path(value)
+    from cml_bench.models import backbone
+
+    resolver = getattr(backbone, "resolve_weights", None)
+    try:
+        path = resolver(value) if resolver is not None else None
+    except Exception:  # noqa: BLE001 - unresolvable: the run itself will say why, in one line
+        return None
+    return Path(path) if path is not None and Path(path).is_file() else None
+
+
 def weights_identity(config: Any) -> str | None:
-    """sha256 of the local pretrained weights file, when the model loads one; None otherwise (no
-    pretrained weights, or timm's published ones, named by the backbone in the config)."""
+    """sha256 of the pretrained weights file the model loads (``model.weights`` /
+    ``model.weights_path``: a path or a shipped name); None otherwise (no pretrained weights, or
+    timm's published ones, named by the backbone in the config)."""
     model = config.model
-    path = getattr(model, "weights_path", None)
-    if getattr(model, "pretrained", False) and path and Path(path).is_file():
-        return "sha256:" + file_sha256(path)[:16]
+    if not getattr(model, "pretrained", False):
+        return None
+    for key in ("weights", "weights_path"):
+        value = getattr(model, key, None)
+        path = _weights_file(str(value)) if value else None
+        if path is not None:
+            return "sha256:" + file_sha256(path)[:16]
     return None
 
 

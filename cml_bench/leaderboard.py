@@ -549,8 +549,8 @@ def _notes(runs: RunSet, old: list[str]) -> list[str]:
     if runs.damaged:
         notes.append(f"Left out {len(runs.damaged)} damaged run(s): {_listing(runs.damaged)}\n")
     if runs.legacy:
-        notes.append(f"{len(runs.legacy)} run(s) were written before manifests recorded a checksum of "
-                     f"metrics.csv: read unchecked.\n")
+        notes.append(f"{len(runs.legacy)} run(s) have no checksum of their metrics.csv in a manifest (written "
+                     f"before cml_bench recorded one, or not by cml_bench): read unchecked.\n")
     return notes
 
 

@@ -186,7 +186,8 @@ def finish_run(staging: Path, config: RunConfig, rows: Iterable[dict[str, Any]],
 @dataclass
 class RunCheck:
     """What :func:`check_run` found: ``finished`` (its manifest vouches for its metrics), ``legacy``
-    (written before manifests recorded a checksum: read unchecked) or ``damaged`` (with the reason)."""
+    (no checksum to check: written before manifests recorded one, or without a manifest; read
+    unchecked) or ``damaged`` (with the reason)."""
 
     status: str
     reason: str = ""
@@ -208,10 +209,11 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 def check_run(folder: Path) -> RunCheck:
     """Whether ``folder`` holds a finished run whose metrics.csv is the one its manifest records."""
+    if not (folder / "manifest.json").exists():  # assembled by hand, or by another tool: unchecked
+        return RunCheck("legacy")
     manifest_ = read_manifest(folder)
     if manifest_ is None:
-        what = "unreadable" if (folder / "manifest.json").exists() else "missing"
-        return RunCheck("damaged", f"its manifest.json is {what}")
+        return RunCheck("damaged", "its manifest.json is unreadable")
     record = manifest_.get("metrics_csv")
     if record is None:
         return RunCheck("legacy", manifest=manifest_)
@@ -329,7 +331,12 @@ def cleanup_partials(out: str | Path, config: RunConfig, strategy_label: str) ->
 def set_aside(folder: Path) -> Path:
     """Rename an unusable working folder to a hidden ``.damaged-*`` sibling (kept for inspection,
     never resumed or read as results); return its new path."""
-    target = folder.with_name(".damaged-" + folder.name.removeprefix(".partial-"))
+    name = ".damaged-" + folder.name.removeprefix(".partial-")
+    target = folder.with_name(name)
+    n = 0
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{name}-{n}")
     os.replace(folder, target)
     (target / LOCK).unlink(missing_ok=True)
     return target
@@ -342,14 +349,23 @@ HEARTBEAT_S = 20.0  # a live run refreshes its lock this often
 STALE_AFTER_S = 120.0  # a lock not refreshed for this long is stale, whichever host wrote it
 
 
-def _pid_alive(pid: int) -> bool:
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (Linux: clock ticks since boot), to tell a reused pid apart."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, started: int | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's live process
-    return True
+        pass  # someone else's live process
+    now = _start_ticks(pid)
+    return started is None or now is None or now == started
 
 
 def lock_owner(folder: Path) -> dict[str, Any] | None:
@@ -365,7 +381,8 @@ def lock_owner(folder: Path) -> dict[str, Any] | None:
         return None
     if owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
-        return owner if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid) else None
+        alive = isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid, owner.get("started"))
+        return owner if alive else None
     return owner if age < STALE_AFTER_S else None
 
 
@@ -379,10 +396,11 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def acquire(self, wait_s: float = 0.0) -> "RunLock":
-        """Take the lock, waiting up to ``wait_s`` for a lock from another host to go stale;
-        RunFolderError (one line) when a live process holds it."""
+        """Take the lock, waiting up to ``wait_s`` for a lock from another host to go stale (a
+        node that died); RunFolderError (one line) when a live process holds it."""
         deadline = time.monotonic() + wait_s
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_ticks(os.getpid()),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = self.folder / LOCK
         while True:
             try:
@@ -392,8 +410,8 @@ class RunLock:
                 if owner is None:  # stale (or just released): take it over
                     path.unlink(missing_ok=True)
                     continue
-                if time.monotonic() < deadline:
-                    time.sleep(min(5.0, HEARTBEAT_S))
+                if owner.get("host") != me["host"] and time.monotonic() < deadline:
+                    time.sleep(5.0)  # another host's lock: live, or a dead node's, stale soon
                     continue
                 raise RunFolderError(
                     f"{self.folder} is in use by a live run (pid {owner.get('pid')} on {owner.get('host')}, "

@@ -25,8 +25,8 @@ import cml_bench.checkpoint as ckpt
 import cml_bench.runner as runner
 from cml_bench import leaderboard as lb
 from cml_bench.cli import main
-from cml_bench.identity import experiment_key, run_identity
-from cml_bench.results import LOCK, RunLock, check_run, find_finished, find_partial, finish_run, start_run
+from cml_bench.identity import run_identity
+from cml_bench.results import find_finished, find_partial, finish_run, start_run
 from cml_bench.runner import resolve_config, strategy_label
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -178,6 +178,8 @@ def test_leaderboard_keeps_configs_apart_and_names_what_differs(tiny_layer, tmp_
     board = pd.read_csv(root / "leaderboard.csv")
     assert board.loc[board.row == "mean", "config"].nunique() == 2
     # the skip logic shares the key: one experiment per (config without seed/device, data)
+    from cml_bench.identity import experiment_key
+
     assert experiment_key(slow[0].to_dict()) == experiment_key(slow[1].to_dict())
     assert experiment_key(slow[0].to_dict()) != experiment_key(fast[0].to_dict())
 
@@ -212,10 +214,16 @@ def test_rebuilt_store_is_not_already_done(tmp_path, capsys):
     assert json.loads((run / "manifest.json").read_text())["identity"]["data"].startswith("store ")
 
 
-def test_thread_count_is_part_of_the_identity_on_cpu(tiny_layer):
+def test_thread_count_and_weights_file_are_part_of_the_identity(tiny_layer, tmp_path):
     config = resolve_config(tiny_layer)
-    assert run_identity(config, 1) != run_identity(config, 2)
+    assert run_identity(config, 1) != run_identity(config, 2)  # on a CPU
     assert run_identity(config, 1)["data"] == "synth-cocoseq generator 1"
+    weights = tmp_path / "backbone.bin"
+    weights.write_bytes(b"first weights")
+    config = resolve_config(tiny_layer, {"model": {"pretrained": True, "weights_path": str(weights)}})
+    before = run_identity(config, 1)["weights"]
+    weights.write_bytes(b"other weights, same path")
+    assert before.startswith("sha256:") and run_identity(config, 1)["weights"] != before
 
 
 # ---------------------------------------------------------------- 4. a cut metrics.csv is not finished
@@ -228,9 +236,11 @@ def test_cut_metrics_csv_is_damaged_left_out_and_not_done(tiny_layer, tmp_path, 
     lines = (runs[1] / "metrics.csv").read_text().splitlines(keepends=True)
     kept = 1 + sum(12 + t + 1 for t in range(3))  # the header and tasks 0-2: cut at a line boundary
     (runs[1] / "metrics.csv").write_text("".join(lines[:kept]))
-    assert check_run(runs[1]).status == "damaged"
     md = lb.write_leaderboard(root)
     assert "Left out 1 damaged run(s)" in md and f"{kept - 1} of {len(lines) - 1} rows" in md and runs[1].name in md
+    from cml_bench.results import check_run
+
+    assert check_run(runs[1]).status == "damaged"
     table = lb.final_table(lb.load_runs(root).frame)
     assert table[("all", "mAP", "n")].tolist() == [1] and table[("all", "mAP", "mean")].tolist() == [13.0]
     notes: list[str] = []
@@ -258,6 +268,8 @@ def test_kill_between_rename_and_cleanup_leaves_a_finished_run(tiny_layer, tmp_p
         runner.run(config, out, log=lambda *a: None)
     monkeypatch.undo()
     (final,) = out.glob("synth-cocoseq/finetune/seed0-*")  # the results are in place, not stranded
+    from cml_bench.results import check_run
+
     assert check_run(final).status == "finished"
     assert find_finished(out, config, "finetune") == final
 
@@ -285,7 +297,7 @@ def test_a_live_run_cannot_be_resumed_into_and_a_dead_ones_lock_is_taken_over(ti
     (partial / "checkpoint.json").write_text(json.dumps({"completed_task": 0, "identity": identity}))
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (partial / LOCK).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+        (partial / ".lock").write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
         assert main(_argv(tiny_layer, tmp_path, out, "finetune", "--resume")) == 2
         err = _one_line_error(capsys)
         assert f"{partial} is in use by a live run (pid {owner.pid} on {socket.gethostname()}" in err
@@ -293,10 +305,12 @@ def test_a_live_run_cannot_be_resumed_into_and_a_dead_ones_lock_is_taken_over(ti
     finally:
         owner.kill()
         owner.wait()
+    from cml_bench.results import RunLock
+
     lock = RunLock(partial).acquire()  # its owner is gone: stale, taken over
-    assert json.loads((partial / LOCK).read_text())["pid"] == os.getpid()
+    assert json.loads((partial / ".lock").read_text())["pid"] == os.getpid()
     lock.release()
-    assert not (partial / LOCK).exists()
+    assert not (partial / ".lock").exists()
 
 
 @pytest.mark.slow
@@ -371,6 +385,8 @@ def test_truncated_checkpoint_is_damaged_and_the_next_attempt_starts_afresh(tiny
     assert f"Checkpoint {partial / 'checkpoint.pt'} is damaged (truncated" in first.error
     assert "the same command now starts this run from task 0" in first.error
     second = run_one(config, str(out), threads)  # submitting again works: no endless resubmission
+    from cml_bench.results import check_run
+
     assert second.error is None and check_run(Path(second.path)).status == "finished"
 
 

@@ -85,7 +85,6 @@ def test_runs_written_before_new_config_keys_are_still_found(tiny_layer, tmp_pat
     run_dir = tmp_path / "synth-cocoseq" / "finetune" / "seed0-20260101-000000"
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.csv").write_text("x\n")
-    (run_dir / "manifest.json").write_text("{}\n")  # a manifest from before checksums: not checked
     old = config.to_dict()
     for section, key in (("model", "image_size"), ("model", "backbone_options"), ("train", "head_lr"),
                          ("train", "augment"), ("eval", "image_size")):
