@@ -294,7 +294,7 @@ def strategy_order(names: Iterable[str]) -> list[str]:
         if name.startswith(REFERENCE_PREFIX):  # published rows in the paper's own order
             label = name[len(REFERENCE_PREFIX):]
             return (True, paper.index(label) if label in paper else len(paper), 0, label)
-        base = name.split("+")[0]
+        base = name.split(" [")[0].split("+")[0]  # "prs+ssca [1a2b3c]": a config of prs
         rank = _STRATEGY_ORDER.index(base) if base in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
         return (False, rank, base, name)
     return sorted(set(names), key=key)
