@@ -132,6 +132,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import shlex
+
+    from cml_bench.pretrain import pretrain, resolve_pretrain
+
+    config = resolve_pretrain(_parse_set(args.set))
+    command = "python -m cml_bench pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    pretrain(config, args.out, command=command.strip())
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cml_bench.leaderboard import write_leaderboard
 
@@ -365,6 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="input size, e.g. 448 or 256x192 (default: model.image_size)")
     prof.add_argument("--num-labels", type=int, default=80, help="number of labels M (default 80, MS-COCO)")
     prof.set_defaults(func=cmd_profile)
+
+    pre = sub.add_parser("pretrain", help="pretrain the embedded default's backbone on synth-pretrain",
+                         description="Train a backbone (default: the synth-cocoseq default's resnet10t) on the "
+                                     "synth-pretrain source, whose sprites are disjoint from synth-cocoseq's, and "
+                                     "write its weights (fp16 safetensors) and a record FILE.json (config, sha256, "
+                                     "validation mAP). Load them with --set model.weights=FILE.")
+    pre.add_argument("--out", default="synth-resnet10t.safetensors", help="weights file to write (.safetensors)")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one setting, e.g. --set epochs=2 or --set source.num_classes=200 (repeatable)")
+    pre.set_defaults(func=cmd_pretrain)
 
     board = sub.add_parser("leaderboard", help="mean ± std over seeds of every strategy in a results folder")
     board.add_argument("results_dir", help="a folder of run folders (e.g. results)")

@@ -45,6 +45,9 @@ class ModelConfig:
         backbone: any timm model name usable with ``features_only=True`` (e.g. ``resnet101``).
         pretrained: load ImageNet weights through timm (needs network or a local cache/file).
         weights_path: a local weights file for ``pretrained`` on machines without network.
+        weights: with ``pretrained``, this platform's backbone weights instead of timm's: a shipped
+            name (``synth-resnet10t``, the embedded default's) or a file written by
+            ``python -m cml_bench pretrain``; None = timm's ImageNet weights.
         feature_level: index into the backbone's feature levels (timm ``feature_info``); -1 = last.
         stem_pool: keep the stem max-pool; False halves the stride of every later level, which keeps
             a spatial map at small input sizes (a 64 px input gives 8x8 at level 3 of a ResNet).
@@ -64,6 +67,7 @@ class ModelConfig:
     backbone: str = "resnet101"
     pretrained: bool = False
     weights_path: str | None = None
+    weights: str | None = None
     feature_level: int = -1
     stem_pool: bool = True
     head: str = "pooled"

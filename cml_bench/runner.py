@@ -199,7 +199,8 @@ def _train(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark, s
     evaluator.finish()
     wall = time.perf_counter() - start
     extra = {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
-             "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity}
+             "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity,
+             "weights": model.backbone.weights_info}
     if "store" in benchmark.extra:  # a prepared store: which one, and which images it left out
         extra["data"] = record_store_use(benchmark.extra["store"], staging)
     info = manifest(config, wall, extra)

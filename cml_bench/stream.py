@@ -42,6 +42,8 @@ class BenchmarkMeta:
         train_class_counts: training images carrying each class over the whole stream.
         default_buffer_size: replay memory size of the benchmark's protocol.
         prs_rho: PRS power of allocation of the benchmark's protocol.
+        joint_epochs: passes of the joint (multitask) reference over the union of all tasks in the
+            benchmark's protocol; None = ``train.epochs``.
         kind: ``continual`` | ``generic`` | ``attribute`` (which metric family applies).
     """
 
@@ -54,6 +56,7 @@ class BenchmarkMeta:
     default_buffer_size: int = 2000
     prs_rho: float = -0.03
     kind: str = "continual"
+    joint_epochs: int | None = None
 
     @property
     def num_classes(self) -> int:

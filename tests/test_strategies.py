@@ -76,3 +76,36 @@ def test_ewc_learns_importances_from_multi_hot_targets(tiny_layer):
     assert len(added) > 2
     assert added[0] == pytest.approx(0.0, abs=1e-9)
     assert all(x > 0 for x in added[1:])
+
+
+@pytest.mark.parametrize("options,passes", [({}, 3), ({"epochs": 1}, 1)])
+def test_multitask_makes_the_benchmarks_joint_passes(tiny_layer, options, passes):
+    """synth-cocoseq's joint reference makes JOINT_EPOCHS passes over the union; an option overrides it."""
+    import warnings
+
+    from benchmarks.synth_cocoseq import JOINT_EPOCHS
+    from cml_bench.models import build_model
+    from cml_bench.runner import build_benchmark
+    from cml_bench.stream import joint_experience
+    from cml_bench.strategy import StrategyContext
+    from cml_bench.training import MultiLabelTemplate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from avalanche.training.plugins import SupervisedPlugin
+
+    config = resolve_config(tiny_layer, {"strategy": {"name": "multitask", "options": options}})
+    bench = build_benchmark(config)
+    assert bench.meta.joint_epochs == JOINT_EPOCHS == 3
+    spec = STRATEGIES.get("multitask")
+    plugins = spec.build(spec.options(**options), StrategyContext(bench.meta, config.train, 0, "cpu"))
+    epochs = []
+
+    class Count(SupervisedPlugin):
+        def after_training_epoch(self, strategy, **kwargs):
+            epochs.append(strategy.clock.train_exp_epochs)
+
+    strategy = MultiLabelTemplate(model=build_model(config.model, 70), cfg=config.train, device="cpu",
+                                  plugins=list(plugins) + [Count()], seed=0)
+    strategy.train(joint_experience(bench))
+    assert len(epochs) == passes

@@ -46,7 +46,7 @@ def build_model(cfg: ModelConfig, num_labels: int) -> MultiLabelNet:
     """Build backbone and head from the model section of the config."""
     backbone = FeatureBackbone(cfg.backbone, cfg.pretrained, cfg.feature_level, cfg.stem_pool,
                                cfg.weights_path, image_hw(cfg.image_size, "model.image_size"),
-                               cfg.backbone_options)
+                               cfg.backbone_options, cfg.weights)
     return MultiLabelNet(backbone, build_head(cfg, backbone.channels, num_labels))
 
 
