@@ -14,6 +14,11 @@ and it has no forgetting rows. A benchmark may give an evaluation ignore mask pe
 ``extra["eval_ignore"]`` (bool ``[N, M]`` or None; VOC's difficult pairs): those (image, class)
 pairs are left out of every metric (``metrics.multilabel_metrics(..., ignore=)``), in the task rows
 and in the 'seen' union.
+
+Conventions as PRS evaluates (``cml_bench.metrics``' docstring cites its code): a label is predicted
+iff its score is > ``eval.threshold`` (strictly), and a class with no positive in the evaluated test
+set is dropped from every metric of that row; each (eval_on, group) of the continual and generic
+families gets a ``classes_dropped`` row with how many (a count, never a score: no forgetting row).
 """
 from __future__ import annotations
 
@@ -76,15 +81,6 @@ class Evaluator:
     matrix: dict[str, np.ndarray] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
 
-    def _groups(self, classes: Iterable[int]) -> dict[str, list[int]]:
-        wanted = set(classes)
-        groups = {"all": sorted(wanted)}
-        for name, cols in self.benchmark.meta.groups.items():
-            kept = [c for c in cols if c in wanted]
-            if kept:
-                groups[name] = kept
-        return groups
-
     def _add(self, trained_through: int, eval_on: str, group: str, values: dict[str, float]) -> None:
         for metric, value in values.items():
             self.rows.append({**self.labels, "trained_through_task": trained_through,
@@ -101,24 +97,19 @@ class Evaluator:
         """The metric a progress line shows (mAP, or mA for attribute streams)."""
         return HEADLINE_METRIC[self.benchmark.meta.kind]
 
-    def _family_metrics(self, scores: np.ndarray, targets: np.ndarray, cols: list[int],
-                        ignore: np.ndarray | None) -> dict[str, float]:
-        kind, threshold = self.benchmark.meta.kind, self.cfg.threshold
-        if kind == "attribute":
-            if ignore is not None:
-                raise ValueError(f"Benchmark '{self.benchmark.meta.name}' gives an evaluation ignore mask, "
-                                 f"which the attribute metrics do not take.")
-            return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
-        values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold, ignore=ignore)
-        if kind == "generic" and scores.shape[1] >= TOP_K:
-            # an image's top 3 are chosen among all its columns, then scored on the group's columns
-            values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols, ignore=ignore))
-        return values
-
     def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int],
                ignore: np.ndarray | None = None) -> dict[str, dict]:
-        return {group: self._family_metrics(scores, targets, cols, ignore)
-                for group, cols in self._groups(classes).items()}
+        """Each class group's metrics on the evaluated ``classes`` (one grouping: ``metrics.group_columns``)."""
+        meta, threshold, cols = self.benchmark.meta, self.cfg.threshold, sorted(set(classes))
+        if meta.kind == "attribute":
+            if ignore is not None:
+                raise ValueError(f"Benchmark '{meta.name}' gives an evaluation ignore mask, "
+                                 f"which the attribute metrics do not take.")
+            return {group: metrics.attribute_metrics(scores[:, idx], targets[:, idx], threshold=threshold)
+                    for group, idx in metrics.group_columns(meta.groups, scores.shape[1], cols).items()}
+        # an image's top 3 are chosen among all its columns, then scored on the group's columns
+        top_k = TOP_K if meta.kind == "generic" and scores.shape[1] >= TOP_K else None
+        return metrics.group_metrics(scores, targets, meta.groups, threshold, classes=cols, ignore=ignore, top_k=top_k)
 
     def _ignore(self, task: int) -> np.ndarray | None:
         """Test task ``task``'s evaluation ignore mask (bool ``[N, M]``, VOC's difficult pairs), or None."""
@@ -138,7 +129,8 @@ class Evaluator:
                 self._add(trained_through, f"task{j}", group, values)
                 if group == "all":
                     for metric, value in values.items():
-                        self._matrix(metric)[trained_through, j] = value
+                        if metric != metrics.CLASSES_DROPPED:  # a count, not a score: no forgetting
+                            self._matrix(metric)[trained_through, j] = value
             seen_scores.append(scores)
             seen_targets.append(targets)
             seen_ignore.append(ignore)

@@ -8,8 +8,20 @@ Conventions shared by every function (see ``PROTOCOL.md``, section "Metrics"):
 - ``ignore`` (optional): bool array ``[N, M]``; a True (image, class) pair is left out of every
   count, as if that image did not exist for that class (VOC's "difficult" labels: ML-GCN's AP
   skips them). Its image still counts for the other classes.
-- A label is predicted positive iff ``score >= threshold`` (default 0.5).
-- Every returned metric value is a PERCENT (0-100), as in the papers' tables.
+- A label is predicted positive iff ``score > threshold`` (strictly; default 0.5), as PRS's released
+  code does (github.com/cdjkim/PRS: ``predict > 0.5`` in ``code/eval.py``, ``validate``, and
+  ``probs_total > 0.5`` in ``code/data.py``,
+  ``MSCOCO._eval_model`` / ``NUSWIDE._eval_model``) and as the common pedestrian-attribute code does.
+- Classes with no positive in the evaluated set (after ``ignore``) are dropped from EVERY metric,
+  thresholded ones included, as PRS does: both functions above compute ``ncats =
+  targets.sum(axis=0)``, keep ``cats_in_task_idx = ncats > 0`` and evaluate CP, CR, OP, OR, OF1 and
+  mAP on those columns only; a class group is the intersection of its classes with the kept ones,
+  and a group left empty gets NaN for every metric (``eval.py``, ``validate``). The number dropped
+  is returned as ``classes_dropped`` (:data:`CLASSES_DROPPED`). ``ignore_empty=False`` keeps them
+  (AP 0, recall 0) instead. :func:`attribute_metrics` is the exception: the pedestrian protocol
+  keeps every attribute (its mA has its own policy for an attribute without positives).
+- Every returned metric value is a PERCENT (0-100), as in the papers' tables; ``classes_dropped``
+  is a count.
 - Torch tensors are accepted (detached and converted with numpy); this module imports no torch.
 - Bad inputs raise ``ValueError`` saying what was expected and what was received.
 """
@@ -24,10 +36,14 @@ __all__ = [
     "multilabel_metrics",
     "topk_metrics",
     "attribute_metrics",
+    "group_columns",
     "group_metrics",
     "forgetting",
     "average_incremental",
+    "CLASSES_DROPPED",
 ]
+
+CLASSES_DROPPED = "classes_dropped"  # the count of classes without a positive that an evaluation left out
 
 # ----------------------------------------------------------------------------- validation helpers
 
@@ -40,7 +56,8 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _check_inputs(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``scores`` / ``targets`` and return them as float64 ``[N, M]`` and bool ``[N, M]``."""
+    """Validate ``scores`` / ``targets`` and return them as float ``[N, M]`` (float32 kept, any other
+    dtype as float64) and bool ``[N, M]``."""
     s, t = _to_numpy(scores), _to_numpy(targets)
     for name, a in (("scores", s), ("targets", t)):
         if a.ndim != 2:
@@ -53,7 +70,8 @@ def _check_inputs(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"Expected at least one sample and one class, but got shape {s.shape}.")
     if s.dtype.kind not in "biuf":
         raise ValueError(f"Expected `scores` to be a real-valued array, but got dtype {s.dtype}.")
-    s = s.astype(np.float64, copy=False)
+    if s.dtype != np.float32:  # float32 (the evaluator's scores) is kept: sorting it is twice as fast
+        s = s.astype(np.float64, copy=False)
     if not np.isfinite(s).all():
         raise ValueError(
             f"Expected `scores` to be finite, but got {int((~np.isfinite(s)).sum())} NaN or infinite values."
@@ -106,15 +124,6 @@ def _check_ignore(ignore: Any, shape: tuple[int, int]) -> np.ndarray | None:
     return m.astype(bool, copy=False)
 
 
-def _drop_ignored(s: np.ndarray, y: np.ndarray, ignore: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Ranking inputs with ignored pairs removed: an ignored pair becomes a negative ranked below
-    every real score, where it changes no precision at any positive (so AP is exactly that of the
-    column without it)."""
-    if ignore is None or not ignore.any():
-        return s, y
-    return np.where(ignore, -np.inf, s), y & ~ignore
-
-
 def _check_matrix(matrix: Any) -> np.ndarray:
     m = _to_numpy(matrix).astype(np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
@@ -123,6 +132,12 @@ def _check_matrix(matrix: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- small arithmetic
+
+
+def _predicted(s: np.ndarray, threshold: float) -> np.ndarray:
+    """``s > threshold`` compared in float64 whatever the scores' dtype (a float32 comparison would
+    round a threshold such as 0.3 first)."""
+    return s > np.float64(threshold)
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -136,13 +151,9 @@ def _f1(p: float, r: float) -> float:
     return 2.0 * p * r / (p + r) if p + r > 0 else 0.0
 
 
-def _prf(pred: np.ndarray, y: np.ndarray, suffix: str = "", ignore: np.ndarray | None = None) -> dict[str, float]:
-    """Macro (CP, CR, CF1) and micro (OP, OR, OF1) scores of bool predictions ``pred`` vs ``y``;
-    ``ignore``d pairs are neither predictions nor positives."""
-    if ignore is not None:
-        pred, y = pred & ~ignore, y & ~ignore
-    tp = np.count_nonzero(pred & y, axis=0)
-    n_pred, n_pos = np.count_nonzero(pred, axis=0), np.count_nonzero(y, axis=0)
+def _prf(tp: np.ndarray, n_pred: np.ndarray, n_pos: np.ndarray, suffix: str = "") -> dict[str, float]:
+    """Macro (CP, CR, CF1) and micro (OP, OR, OF1) scores from per-class counts of true positives,
+    predictions and positives."""
     cp = float(_safe_div(tp, n_pred).mean()) * 100
     cr = float(_safe_div(tp, n_pos).mean()) * 100
     op = float(_safe_div(tp.sum(), n_pred.sum())) * 100
@@ -151,32 +162,104 @@ def _prf(pred: np.ndarray, y: np.ndarray, suffix: str = "", ignore: np.ndarray |
     return {k + suffix: v for k, v in values.items()}
 
 
-# ----------------------------------------------------------------------------- ranking metrics
+# ----------------------------------------------------------------------------- per-column statistics
 
 
-def _ap(s: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-column AP (fraction, NaN without positives) of validated float ``s`` and bool ``y``."""
-    n = s.shape[0]
-    st = np.ascontiguousarray(s.T)  # [M, N]: sort along the contiguous axis
-    order = np.argsort(st, axis=1)[:, ::-1]  # descending; order inside ties is irrelevant below
-    ss = np.take_along_axis(st, order, axis=1)
-    yy = np.take_along_axis(np.ascontiguousarray(y.T), order, axis=1)
-    tp = np.cumsum(yy, axis=1, dtype=np.int32)
-    # A threshold is a distinct score: the last position of each run of equal scores ends a block.
-    is_end = np.ones(ss.shape, dtype=bool)
-    is_end[:, :-1] = ss[:, 1:] != ss[:, :-1]
-    if is_end.all():  # no ties: every position is a threshold
-        precision_at_end = tp / np.arange(1.0, n + 1.0)
-    else:  # each position's block end = the first end at or after it (reverse running minimum)
-        end_idx = np.where(is_end, np.arange(n), n)
-        block_end = np.minimum.accumulate(end_idx[:, ::-1], axis=1)[:, ::-1]
-        precision_at_end = np.take_along_axis(tp, block_end, axis=1) / (block_end + 1.0)
-    # sum_k (R_k - R_{k-1}) P_k: recall rises at a block end by (positives in the block) / P.
-    n_pos = tp[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (precision_at_end * yy).sum(axis=1) / n_pos
-    ap[n_pos == 0] = np.nan
+def _ap_rows(st: np.ndarray, yt: np.ndarray, kt: np.ndarray | None) -> np.ndarray:
+    """Per-class AP (fraction, NaN without positives) of the TRANSPOSED validated inputs: float
+    scores ``st`` and bool labels ``yt`` ``[K, N]`` (one row per class), ``kt``: the pairs that
+    count (None: all).
+
+    AP = mean over the positives of the precision at the positive's own score v, i.e. (positives
+    scoring >= v) / (images scoring >= v): a block of tied scores enters the ranking at once, as in
+    sklearn, whose thresholds are the distinct scores. Both counts are binary searches in the sorted
+    scores: one sort per class (of all rows at once when nothing is ignored) plus one of its positives.
+    """
+    ranked_all = np.sort(st, axis=1) if kt is None else None
+    ap = np.full(st.shape[0], np.nan)
+    for c in range(st.shape[0]):
+        col, pos = st[c], yt[c]
+        if kt is None:
+            ranked = ranked_all[c]
+        else:  # an ignored pair is removed from its class, as if its image did not exist there
+            col, pos = col[kt[c]], pos[kt[c]]
+            ranked = np.sort(col)
+        hits = np.sort(col[pos])
+        if hits.size:
+            above = ranked.size - np.searchsorted(ranked, hits, side="left")
+            hits_above = hits.size - np.searchsorted(hits, hits, side="left")
+            ap[c] = float(np.mean(hits_above / above))
     return ap
+
+
+def _top_k(s: np.ndarray, k: int) -> np.ndarray:
+    """Bool ``[N, M]``: each image's ``k`` highest scores, equal scores broken in favour of the lower
+    column index (``argmax`` returns the first maximum; the same choice as a stable sort of ``-s``)."""
+    work, rows = s.copy(), np.arange(s.shape[0])
+    pred = np.zeros(s.shape, dtype=bool)
+    for _ in range(k):
+        best = work.argmax(axis=1)
+        pred[rows, best] = True
+        work[rows, best] = -np.inf
+    return pred
+
+
+def _counts(pred_t: np.ndarray, yt: np.ndarray, kt: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """Per-class true positives, predictions and positives of transposed ``[K, N]`` bool arrays
+    (``yt`` already masked); ignored pairs are neither predictions nor positives."""
+    if kt is not None:
+        pred_t = pred_t & kt
+    return (np.count_nonzero(pred_t & yt, axis=1), np.count_nonzero(pred_t, axis=1),
+            np.count_nonzero(yt, axis=1))
+
+
+def _summary(rows: np.ndarray, ap: np.ndarray | None, counts: tuple[np.ndarray, ...] | None,
+             counts_k: tuple[np.ndarray, ...] | None, k: int | None, ignore_empty: bool) -> dict[str, float]:
+    """The metrics of one class set (``rows`` index the per-class statistics), classes without a
+    positive dropped from every metric when ``ignore_empty`` (PRS), NaN when none is left."""
+    n_pos = (counts or counts_k)[2][rows]
+    has_pos = n_pos > 0
+    kept = rows[has_pos] if ignore_empty else rows
+    values: dict[str, float] = {}
+    if ap is not None:
+        if not has_pos.any():
+            values["mAP"] = float("nan")
+        elif ignore_empty:
+            values["mAP"] = float(ap[kept].mean()) * 100
+        else:
+            values["mAP"] = float(np.where(has_pos, ap[rows], 0.0).mean()) * 100
+    for stats, suffix in ((counts, ""), (counts_k, f"@{k}")):
+        if stats is not None:
+            values.update(_prf(*(a[kept] for a in stats), suffix=suffix) if kept.size else
+                          {m + suffix: float("nan") for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")})
+    values[CLASSES_DROPPED] = float(rows.size - kept.size)
+    return values
+
+
+def _evaluate(s: np.ndarray, y: np.ndarray, mask: np.ndarray | None, sets: Mapping[str, np.ndarray],
+              threshold: float | None, top_k: int | None, ignore_empty: bool) -> dict[str, dict[str, float]]:
+    """Each class set's metrics from per-class statistics computed once for the union of the sets:
+    AP (one sort per class), thresholded counts (when ``threshold`` is given, with mAP) and top-k
+    counts (when ``top_k`` is given; the top k chosen among ALL columns)."""
+    needed = np.unique(np.concatenate([np.asarray(v, dtype=np.intp) for v in sets.values()]))
+    row_of = np.full(s.shape[1], -1, dtype=np.intp)
+    row_of[needed] = np.arange(needed.size)
+    every = needed.size == s.shape[1]  # then needed == arange(M): no column copy
+    st = np.ascontiguousarray(s.T if every else s[:, needed].T)
+    yt = np.ascontiguousarray(y.T if every else y[:, needed].T)
+    kt = None if mask is None or not mask.any() else ~np.ascontiguousarray(mask.T if every else mask[:, needed].T)
+    yt_kept = yt if kt is None else yt & kt
+    ap = counts = counts_k = None
+    if threshold is not None:
+        ap = _ap_rows(st, yt_kept, kt)
+        counts = _counts(_predicted(st, threshold), yt_kept, kt)
+    if top_k is not None:
+        pred = _top_k(s, top_k)
+        counts_k = _counts(np.ascontiguousarray(pred.T if every else pred[:, needed].T), yt_kept, kt)
+    return {name: _summary(row_of[cols], ap, counts, counts_k, top_k, ignore_empty) for name, cols in sets.items()}
+
+
+# ----------------------------------------------------------------------------- public metrics
 
 
 def average_precision(scores: Any, targets: Any) -> np.ndarray:
@@ -189,9 +272,10 @@ def average_precision(scores: Any, targets: Any) -> np.ndarray:
     Returns:
         ``[M]`` float array. Equal to ``100 * sklearn.metrics.average_precision_score`` on each
         column, ties included (precision is taken at each distinct score, i.e. a tied group of
-        images enters the ranking at once). NaN for a class with no positive.
+        images enters the ranking at once). NaN for a class with no positive. PRS computes its
+        mAP with that sklearn function column by column (``code/utils.py``, ``mean_average_precision``).
 
-    Vectorised over classes: one ``argsort`` of the ``[M, N]`` transposed scores, O(N M log N).
+    One sort per class, O(N M log N).
 
     >>> scores = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4]])
     >>> targets = np.array([[1, 0], [0, 1], [1, 0]])
@@ -199,7 +283,7 @@ def average_precision(scores: Any, targets: Any) -> np.ndarray:
     array([ 83.33, 100.  ])
     """
     s, y = _check_inputs(scores, targets)
-    return _ap(s, y) * 100
+    return _ap_rows(np.ascontiguousarray(s.T), np.ascontiguousarray(y.T), None) * 100
 
 
 def multilabel_metrics(
@@ -217,76 +301,75 @@ def multilabel_metrics(
         targets: ``[N, M]`` 0/1 labels.
         classes: column indices to evaluate (e.g. the minority group); every metric, the micro
             ones included, is computed on those columns only. None: all columns.
-        threshold: a label is predicted positive iff ``score >= threshold``.
-        ignore_empty: mAP policy for classes with no positive in ``targets``: True (as PRS does)
-            leaves them out of the mean; False counts their AP as 0. If no selected class has a
-            positive, mAP is NaN either way.
+        threshold: a label is predicted positive iff ``score > threshold`` (strictly, as PRS).
+        ignore_empty: classes with no positive in ``targets`` (after ``ignore``). True (as PRS
+            does; see the module docstring): dropped from every metric, and every metric is NaN
+            if none is left. False: kept, their AP counting as 0 in mAP and their recall as 0 (mAP
+            is NaN if no selected class has a positive).
         ignore: optional bool ``[N, M]``: pairs left out of every metric (see the module docstring).
 
     Returns:
-        ``{"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"}``. CP / CR: mean over the selected classes
-        of per-class precision / recall, a 0/0 counting as 0 (sklearn ``zero_division=0``,
-        ``average="macro"``). CF1 = 2 CP CR / (CP + CR), the harmonic mean of the means (as PRS;
-        NOT the mean of per-class F1), 0 when both are 0. OP / OR / OF1: micro-averaged over all
-        (image, class) pairs of the selected classes.
+        ``{"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "classes_dropped"}``. CP / CR: mean over
+        the evaluated classes of per-class precision / recall, a 0/0 counting as 0 (sklearn
+        ``zero_division=0``, ``average="macro"``; PRS's ``precision_score_per_class`` /
+        ``recall_score_per_class`` in ``code/utils.py`` with ``zero_division=0``). CF1 = 2 CP CR /
+        (CP + CR), the harmonic mean of the means (as PRS; NOT the mean of per-class F1), 0 when
+        both are 0. OP / OR / OF1: micro-averaged over all (image, class) pairs of the evaluated
+        classes (PRS's ``precision_score_overall`` / ``recall_score_overall`` / ``f1_score_overall``).
+        ``classes_dropped``: how many of the selected classes had no positive and were dropped.
 
     >>> scores = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4]])
     >>> targets = np.array([[1, 0], [0, 1], [1, 0]])
-    >>> {k: round(v, 2) for k, v in multilabel_metrics(scores, targets).items()}
-    {'mAP': 91.67, 'CP': 75.0, 'CR': 75.0, 'CF1': 75.0, 'OP': 66.67, 'OR': 66.67, 'OF1': 66.67}
+    >>> {k: round(v, 2) for k, v in multilabel_metrics(scores, targets).items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'mAP': 91.67, 'CP': 75.0, 'CR': 75.0, 'CF1': 75.0, 'OP': 66.67, 'OR': 66.67, 'OF1': 66.67,
+     'classes_dropped': 0.0}
     """
     s, y = _check_inputs(scores, targets)
     _check_probabilities(s, threshold)
     mask = _check_ignore(ignore, s.shape)
-    if classes is not None:
-        idx = _check_classes(classes, s.shape[1])
-        s, y = s[:, idx], y[:, idx]
-        mask = None if mask is None else mask[:, idx]
-    ap = _ap(*_drop_ignored(s, y, mask))
-    has_pos = ~np.isnan(ap)
-    if not has_pos.any():
-        m_ap = float("nan")
-    elif ignore_empty:
-        m_ap = float(ap[has_pos].mean()) * 100
-    else:
-        m_ap = float(np.where(has_pos, ap, 0.0).mean()) * 100
-    return {"mAP": m_ap, **_prf(s >= threshold, y, ignore=mask)}
+    sets = {"all": _check_classes(classes, s.shape[1])}
+    return _evaluate(s, y, mask, sets, threshold, None, ignore_empty)["all"]
 
 
 def topk_metrics(scores: Any, targets: Any, k: int = 3, classes: Sequence[int] | None = None,
-                 ignore: Any = None) -> dict[str, float]:
+                 ignore: Any = None, ignore_empty: bool = True) -> dict[str, float]:
     """Macro / micro scores when each image's ``k`` highest-scoring labels are its predictions.
 
     The common "top-3" protocol (no threshold). The top k are chosen among ALL M columns, so an
     image's predictions do not depend on ``classes``; the metrics are then computed on the
     ``classes`` columns only. Equal scores are broken in favour of the lower column index.
     ``ignore``d pairs do not change which labels are predicted; they are then left out of the counts.
+    Classes without a positive are dropped as in :func:`multilabel_metrics` (``ignore_empty``), so
+    the top-k and the thresholded scores of one evaluation cover the same classes.
 
     Returns:
-        ``{"CP@k", "CR@k", "CF1@k", "OP@k", "OR@k", "OF1@k"}`` in percent, with the same
-        definitions and 0/0 policy as :func:`multilabel_metrics`.
+        ``{"CP@k", "CR@k", "CF1@k", "OP@k", "OR@k", "OF1@k", "classes_dropped"}`` in percent
+        (the last a count), with the same definitions and 0/0 policy as :func:`multilabel_metrics`.
 
     >>> scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.7]])
     >>> targets = np.array([[1, 0, 0], [0, 1, 1]])
-    >>> {k: round(v, 2) for k, v in topk_metrics(scores, targets, k=1).items()}
-    {'CP@1': 66.67, 'CR@1': 66.67, 'CF1@1': 66.67, 'OP@1': 100.0, 'OR@1': 66.67, 'OF1@1': 80.0}
+    >>> {k: round(v, 2) for k, v in topk_metrics(scores, targets, k=1).items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'CP@1': 66.67, 'CR@1': 66.67, 'CF1@1': 66.67, 'OP@1': 100.0, 'OR@1': 66.67, 'OF1@1': 80.0,
+     'classes_dropped': 0.0}
     """
     s, y = _check_inputs(scores, targets)
-    n, m = s.shape
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= m:
-        raise ValueError(f"Expected argument `k` to be an integer in [1, {m}] (the number of classes), but got {k!r}.")
-    idx = _check_classes(classes, m)
-    mask = _check_ignore(ignore, s.shape)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    pred = np.zeros(s.shape, dtype=bool)
-    pred[np.arange(n)[:, None], top] = True
-    return _prf(pred[:, idx], y[:, idx], suffix=f"@{k}", ignore=None if mask is None else mask[:, idx])
+    _check_k(k, s.shape[1])
+    sets = {"all": _check_classes(classes, s.shape[1])}
+    return _evaluate(s, y, _check_ignore(ignore, s.shape), sets, None, k, ignore_empty)["all"]
+
+
+def _check_k(k: Any, num_classes: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
+        raise ValueError(f"Expected argument `k` to be an integer in [1, {num_classes}] (the number of classes), "
+                         f"but got {k!r}.")
 
 
 def attribute_metrics(scores: Any, targets: Any, threshold: float = 0.5) -> dict[str, float]:
     """Pedestrian-attribute metrics: label-based mA and example-based Accu, Prec, Recall, F1.
 
-    Predictions are ``score >= threshold`` (the common PAR code uses ``>``; equal only on ties).
+    Predictions are ``score > threshold`` (strictly), the rule of the rest of this module and of
+    the common PAR evaluation code (``pred_label = preds_probs > threshold``). The pedestrian
+    protocol keeps its own conventions otherwise (PROTOCOL.md); in particular no attribute is dropped:
 
     - mA: mean over attributes of (TPR + TNR) / 2. Policy: an attribute with no positive (or no
       negative) image uses its defined half only, i.e. its TNR (or TPR). (The common code adds
@@ -307,7 +390,7 @@ def attribute_metrics(scores: Any, targets: Any, threshold: float = 0.5) -> dict
     """
     s, y = _check_inputs(scores, targets)
     _check_probabilities(s, threshold)
-    pred = s >= threshold
+    pred = _predicted(s, threshold)
     n_pos, n_neg = np.count_nonzero(y, axis=0), np.count_nonzero(~y, axis=0)
     tpr = _safe_div(np.count_nonzero(pred & y, axis=0), n_pos)
     tnr = _safe_div(np.count_nonzero(~pred & ~y, axis=0), n_neg)
@@ -320,14 +403,52 @@ def attribute_metrics(scores: Any, targets: Any, threshold: float = 0.5) -> dict
     return {"mA": m_a, "Accu": accu, "Prec": prec, "Recall": rec, "F1": _f1(prec, rec)}
 
 
+def group_columns(groups: Mapping[str, Sequence[int]], num_classes: int,
+                  classes: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """The class sets of one evaluation: ``"all"`` = ``classes`` (all columns when None), then each
+    group's columns among them, in the group's order; a group with none of them is left out.
+
+    >>> {k: v.tolist() for k, v in group_columns({"rare": [4, 1], "other": [0]}, 5, classes=[1, 2, 4]).items()}
+    {'all': [1, 2, 4], 'rare': [4, 1]}
+    """
+    if "all" in groups:
+        raise ValueError(f"Expected group names other than 'all' (reserved for all classes), but got {list(groups)}.")
+    cols = _check_classes(classes, num_classes)
+    wanted = np.zeros(num_classes, dtype=bool)
+    wanted[cols] = True
+    out = {"all": cols}
+    for name, idx in groups.items():
+        if len(idx):
+            idx = _check_classes(idx, num_classes)
+            if wanted[idx].any():
+                out[name] = idx[wanted[idx]]
+    return out
+
+
 def group_metrics(
-    scores: Any, targets: Any, groups: Mapping[str, Sequence[int]], threshold: float = 0.5
+    scores: Any,
+    targets: Any,
+    groups: Mapping[str, Sequence[int]],
+    threshold: float = 0.5,
+    classes: Sequence[int] | None = None,
+    ignore: Any = None,
+    top_k: int | None = None,
+    ignore_empty: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """:func:`multilabel_metrics` on all columns (key ``"all"``) and on each group's columns.
+    """The metric suite of one evaluation: :func:`multilabel_metrics` (and, with ``top_k``,
+    :func:`topk_metrics`) on ``classes`` (key ``"all"``) and on each group's columns among them.
 
     Args:
         groups: group name -> column indices, e.g. ``{"majority": [...], "minority": [...]}``.
-            A group may not be called ``"all"``. mAP ignores classes with no positive (PRS policy).
+            A group may not be called ``"all"``; a group with no column in ``classes`` is left out
+            (:func:`group_columns`).
+        classes: the evaluated columns (e.g. one task's classes); None: all columns.
+        top_k: also the top-k metrics (the generic protocol's top 3), merged into each group's dict.
+        threshold, ignore, ignore_empty: as in :func:`multilabel_metrics`; classes without a
+            positive are dropped from every metric of every group (PRS), ``classes_dropped`` per group.
+
+    Each statistic is computed once per column and shared by every group: one sort per column for
+    AP, one thresholding, one top-k selection. Results equal the per-group function calls.
 
     >>> scores = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4]])
     >>> targets = np.array([[1, 0], [0, 1], [1, 0]])
@@ -335,12 +456,12 @@ def group_metrics(
     >>> sorted(res), round(res["rare"]["mAP"], 2), round(res["all"]["mAP"], 2)
     (['all', 'rare'], 100.0, 91.67)
     """
-    if "all" in groups:
-        raise ValueError(f"Expected group names other than 'all' (reserved for all classes), but got {list(groups)}.")
-    out = {"all": multilabel_metrics(scores, targets, threshold=threshold)}
-    for name, idx in groups.items():
-        out[name] = multilabel_metrics(scores, targets, classes=idx, threshold=threshold)
-    return out
+    s, y = _check_inputs(scores, targets)
+    _check_probabilities(s, threshold)
+    if top_k is not None:
+        _check_k(top_k, s.shape[1])
+    sets = group_columns(groups, s.shape[1], classes)
+    return _evaluate(s, y, _check_ignore(ignore, s.shape), sets, threshold, top_k, ignore_empty)
 
 
 # ----------------------------------------------------------------------------- continual summaries

@@ -19,23 +19,25 @@ from cml_bench.stream import BenchmarkMeta, MultiLabelTensorDataset, make_benchm
 M = 6
 
 
-def _bench(kind: str, tasks: int = 1, n: int = 24, seed: int = 0):
+def _bench(kind: str, tasks: int = 1, n: int = 24, seed: int = 0, empty_test: tuple[int, ...] = ()):
+    """``empty_test``: classes with no positive in the test sets."""
     rng = np.random.default_rng(seed)
     per_task = [tuple(range(k * M // tasks, (k + 1) * M // tasks)) for k in range(tasks)]
 
-    def data():
+    def data(empty=()):
         out = []
         for cols in per_task:
             y = np.zeros((n, M), dtype=np.uint8)
             y[:, list(cols)] = rng.random((n, len(cols))) < 0.4
             y[0, list(cols)] = 1  # every class has a positive
+            y[:, list(empty)] = 0
             out.append(MultiLabelTensorDataset(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), y))
         return out
 
     meta = BenchmarkMeta(name=f"tiny-{kind}", class_names=tuple(f"c{i}" for i in range(M)),
                          task_classes=tuple(per_task), groups={"minority": (0, 1)} if kind == "continual" else {},
                          task_ids=tuple(range(tasks)), train_class_counts=(1,) * M, kind=kind)
-    return make_benchmark(data(), data(), meta)
+    return make_benchmark(data(), data(empty_test), meta)
 
 
 class FixedModel(torch.nn.Module):
@@ -57,7 +59,8 @@ def test_rows_are_the_family_metrics_of_the_scores(kind):
     seen = evaluator.after_task(model, 0)
     evaluator.finish()
     scores, targets = predict(model, bench.test_stream[0].dataset, 100, "cpu")
-    assert set(seen["all"]) == set(FAMILY_METRICS[kind])
+    assert set(seen["all"]) - {metrics.CLASSES_DROPPED} == set(FAMILY_METRICS[kind])
+    assert (metrics.CLASSES_DROPPED in seen["all"]) == (kind != "attribute")  # attributes drop none
     if kind == "attribute":
         expected = metrics.attribute_metrics(scores, targets)
     else:
@@ -80,8 +83,8 @@ def test_continual_rows_are_unchanged_by_the_families():
     evaluator.finish()
     frame = pd.DataFrame(evaluator.rows)
     plain = frame[~frame.metric.str.startswith("forgetting_")]
-    assert set(plain.metric) == set(MAIN_METRICS)
-    assert set(frame.metric) - set(MAIN_METRICS) == {f"forgetting_{m}" for m in MAIN_METRICS}
+    assert set(plain.metric) == {*MAIN_METRICS, metrics.CLASSES_DROPPED}
+    assert set(frame.metric) - set(plain.metric) == {f"forgetting_{m}" for m in MAIN_METRICS}
     scores, targets = predict(model, bench.test_stream[1].dataset, 100, "cpu")
     row = plain[(plain.trained_through_task == 1) & (plain.eval_on == "task1") & (plain.group == "all")]
     expected = metrics.multilabel_metrics(scores, targets, classes=[3, 4, 5])
@@ -117,6 +120,30 @@ def test_eval_ignore_mask_reaches_task_rows_and_the_seen_union():
         np.concatenate([scores, scores1]), np.concatenate([targets, targets1]), threshold=t, ignore=union))
 
 
+def test_a_class_without_test_positives_is_dropped_from_its_rows_and_counted():
+    """As PRS: a class with no positive in the evaluated test set leaves every metric of that row; each
+    (eval_on, group) records how many in a ``classes_dropped`` row, which is neither forgotten nor shown."""
+    bench, model = _bench("continual", tasks=2, empty_test=(4,)), FixedModel()
+    evaluator = Evaluator(bench, EvalConfig(), "cpu", labels={"benchmark": "b", "strategy": "s", "seed": 0})
+    evaluator.after_task(model, 0)
+    evaluator.after_task(model, 1)
+    evaluator.finish()
+    frame = pd.DataFrame(evaluator.rows)
+    last = frame[frame.trained_through_task == 1]
+
+    def rows(eval_on: str, group: str = "all") -> dict[str, float]:
+        r = last[(last.eval_on == eval_on) & (last.group == group)]
+        return dict(zip(r.metric, r.value))
+
+    assert [rows(e)[metrics.CLASSES_DROPPED] for e in ("task0", "task1", "seen")] == [0.0, 1.0, 1.0]
+    assert rows("seen", "minority")[metrics.CLASSES_DROPPED] == 0.0
+    scores, targets = predict(model, bench.test_stream[1].dataset, 100, "cpu")
+    expected = metrics.multilabel_metrics(scores, targets, classes=[3, 5])  # class 4 left out of every metric
+    assert rows("task1") == pytest.approx(expected | {metrics.CLASSES_DROPPED: 1.0})
+    assert not frame.metric.str.contains("forgetting_classes_dropped").any()
+    assert "classes_dropped" not in summary_table(frame)
+
+
 def test_unknown_kind_is_a_clear_error():
     with pytest.raises(ValueError, match="kind 'weird'; expected one of continual, generic, attribute"):
         Evaluator(_bench("weird"), EvalConfig(), "cpu", labels={})
@@ -142,7 +169,8 @@ def test_generic_single_task_run_end_to_end(tiny_layer, tmp_path):
         "train": {"epochs": 2, "batch_size": 8}})
     result = run(config, tmp_path, benchmark=_bench("generic", n=16), log=lambda *a, **k: None)
     frame = pd.read_csv(result.path / "metrics.csv")
-    assert set(frame.metric) == set(FAMILY_METRICS["generic"]) and len(FAMILY_METRICS["generic"]) == 13
+    assert set(frame.metric) == {*FAMILY_METRICS["generic"], metrics.CLASSES_DROPPED}
+    assert len(FAMILY_METRICS["generic"]) == 13
     assert frame.value.dropna().between(0, 100).all()
     assert "CF1@3" in result.summary and ATTRIBUTE_METRICS[0] not in result.summary.split("|")
 

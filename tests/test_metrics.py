@@ -9,10 +9,12 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 
 import cml_bench.metrics as metrics
 from cml_bench.metrics import (
+    CLASSES_DROPPED,
     attribute_metrics,
     average_incremental,
     average_precision,
     forgetting,
+    group_columns,
     group_metrics,
     multilabel_metrics,
     topk_metrics,
@@ -84,9 +86,12 @@ def test_average_precision_accepts_bool_and_float_targets_and_tensors():
 def test_multilabel_metrics_match_sklearn(seed):
     scores, targets = _random(seed, empty=(4,))
     res = multilabel_metrics(scores, targets)
-    assert list(res) == ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    assert list(res) == ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", CLASSES_DROPPED]
     assert all(isinstance(v, float) for v in res.values())
-    pred = (scores >= 0.5).astype(int)
+    assert res[CLASSES_DROPPED] == 1.0
+    kept = [j for j in range(targets.shape[1]) if j != 4]  # the class without a positive is dropped (PRS)
+    scores, targets = scores[:, kept], targets[:, kept]
+    pred = (scores > 0.5).astype(int)
     cp = 100 * precision_score(targets, pred, average="macro", zero_division=0)
     cr = 100 * recall_score(targets, pred, average="macro", zero_division=0)
     op = 100 * precision_score(targets, pred, average="micro", zero_division=0)
@@ -100,11 +105,18 @@ def test_multilabel_metrics_match_sklearn(seed):
     assert res["mAP"] == pytest.approx(np.nanmean(_sklearn_ap(scores, targets)))
 
 
-def test_threshold_is_inclusive():
-    res = multilabel_metrics([[0.5], [0.49]], [[1], [0]])
-    assert res["CP"] == 100.0 and res["CR"] == 100.0
-    res = multilabel_metrics([[0.5], [0.49]], [[1], [0]], threshold=0.6)
-    assert res["CP"] == 0.0 and res["CF1"] == 0.0 and res["OF1"] == 0.0
+def test_threshold_is_strict_as_prs():
+    """A model that outputs exactly 0.5 predicts nothing (PRS: ``probs > 0.5``): CR = OR = 0, not 100."""
+    targets = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
+    res = multilabel_metrics(np.full((4, 3), 0.5), targets)
+    assert (res["CP"], res["CR"], res["CF1"], res["OP"], res["OR"], res["OF1"]) == (0.0,) * 6
+    assert res["mAP"] == pytest.approx(100 * targets.mean(axis=0).mean())  # ranking metrics: all tied
+    res = multilabel_metrics([[0.5], [0.51]], [[1], [0]])
+    assert res["CP"] == 0.0 and res["CR"] == 0.0 and res["OP"] == 0.0
+    res = multilabel_metrics([[0.5], [0.49]], [[1], [0]], threshold=0.49)
+    assert res["CP"] == 100.0 and res["CR"] == 100.0 and res["OF1"] == 100.0
+    assert attribute_metrics(np.full((4, 3), 0.5), targets)["Recall"] == 0.0  # the same rule for attributes
+    assert attribute_metrics(np.full((4, 3), 0.5), targets)["mA"] == pytest.approx(50.0)  # TPR 0, TNR 1
 
 
 def test_cf1_is_harmonic_mean_of_means_not_mean_of_f1():
@@ -118,19 +130,27 @@ def test_cf1_is_harmonic_mean_of_means_not_mean_of_f1():
     assert res["OP"] == pytest.approx(200 / 3) and res["OR"] == pytest.approx(200 / 3)
 
 
-def test_empty_classes_policy():
+def test_a_class_without_positives_is_dropped_from_every_metric():
+    """PRS keeps only the columns with a positive (``ncats > 0``) for CP, CR, OP, OR, OF1 and mAP."""
     scores = np.array([[0.9, 0.8, 0.7], [0.2, 0.6, 0.1]])
     targets = np.array([[1, 0, 0], [0, 0, 1]])
-    # AP: class 0 -> 100, class 1 -> empty, class 2 -> ranked second of two -> 50
-    assert multilabel_metrics(scores, targets)["mAP"] == pytest.approx(75.0)
-    assert multilabel_metrics(scores, targets, ignore_empty=False)["mAP"] == pytest.approx(50.0)
-    # CP/CR include the empty class with recall 0 and precision 0 (it has predictions, no TP)
+    # class 0: AP 100, predicted once, TP 1; class 1: no positive, predicted twice; class 2: AP 50, TP 1 of 1
+    # prediction, 1 of 1 positive... predicted for image 0 (a negative) only: TP 0
     res = multilabel_metrics(scores, targets)
-    assert res["CR"] == pytest.approx(100 * (1 + 0 + 0) / 3)
+    assert res["mAP"] == pytest.approx(75.0) and res[CLASSES_DROPPED] == 1.0
+    assert res["CP"] == pytest.approx(50.0) and res["CR"] == pytest.approx(50.0)  # classes 0 and 2 only
+    assert res["OP"] == pytest.approx(100 * 1 / 2) and res["OR"] == pytest.approx(100 * 1 / 2)  # not 1 / 4
+    assert res == pytest.approx(multilabel_metrics(scores[:, [0, 2]], targets[:, [0, 2]]) | {CLASSES_DROPPED: 1.0})
+    # ignore_empty=False keeps it: AP 0 in mAP, precision 0 (predicted, no TP), recall 0/0 = 0
+    kept = multilabel_metrics(scores, targets, ignore_empty=False)
+    assert kept["mAP"] == pytest.approx(50.0) and kept[CLASSES_DROPPED] == 0.0
+    assert kept["CP"] == pytest.approx(100 / 3) and kept["OP"] == pytest.approx(25.0)
+    # nothing left: every metric NaN (PRS reports NaN for an empty group), the count recorded
     only_empty = multilabel_metrics(scores, targets, classes=[1])
-    assert np.isnan(only_empty["mAP"])
-    assert np.isnan(multilabel_metrics(scores, targets, classes=[1], ignore_empty=False)["mAP"])
-    assert only_empty["CR"] == 0.0 and only_empty["OR"] == 0.0
+    assert all(np.isnan(v) for k, v in only_empty.items() if k != CLASSES_DROPPED)
+    assert only_empty[CLASSES_DROPPED] == 1.0
+    kept = multilabel_metrics(scores, targets, classes=[1], ignore_empty=False)
+    assert np.isnan(kept["mAP"]) and kept["CR"] == 0.0 and kept["OR"] == 0.0
 
 
 def test_class_subset_equals_metrics_on_sliced_columns():
@@ -139,11 +159,13 @@ def test_class_subset_equals_metrics_on_sliced_columns():
     got = multilabel_metrics(scores, targets, classes=subset)
     want = multilabel_metrics(scores[:, subset], targets[:, subset])
     assert got == pytest.approx(want)
-    pred = (scores[:, subset] >= 0.5).astype(int)
-    assert got["OP"] == pytest.approx(100 * precision_score(targets[:, subset], pred, average="micro"))
+    kept = [8, 5, 0]  # class 2 has no positive: dropped
+    pred = (scores[:, kept] > 0.5).astype(int)
+    assert got["OP"] == pytest.approx(100 * precision_score(targets[:, kept], pred, average="micro"))
     assert got["CR"] == pytest.approx(
-        100 * recall_score(targets[:, subset], pred, average="macro", zero_division=0)
+        100 * recall_score(targets[:, kept], pred, average="macro", zero_division=0)
     )
+    assert got[CLASSES_DROPPED] == 1.0
     assert multilabel_metrics(scores, targets, classes=np.array(subset)) == got
 
 
@@ -158,6 +180,49 @@ def test_group_metrics():
         group_metrics(scores, targets, {"all": [0]})
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_metrics_equals_the_per_group_calls_and_sklearn(seed):
+    """The evaluator's suite (each column's statistics computed once, shared by the groups) equals one
+    call per group, and sklearn on the kept columns; with ties, scores exactly at 0.5, an empty class,
+    a class subset (one task's classes), ignored pairs and the top-3 metrics."""
+    scores, targets = _random(seed, n=300, m=12, empty=(5,), ties=seed == 2)
+    scores[::7, 2] = 0.5
+    ignore = np.random.default_rng(seed).random(scores.shape) < (0.1 if seed else 0.0)
+    groups = {"majority": [0, 1, 2, 3], "moderate": [4, 5, 6, 7], "minority": [11, 10, 9, 8], "none": [3]}
+    classes = [0, 2, 4, 5, 6, 8, 9, 10, 11]
+    res = group_metrics(scores, targets, groups, classes=classes, ignore=ignore, top_k=3)
+    assert list(res) == ["all", "majority", "moderate", "minority"]  # "none" has no evaluated class
+    for name, cols in group_columns(groups, 12, classes).items():
+        want = multilabel_metrics(scores, targets, cols, ignore=ignore) | topk_metrics(
+            scores, targets, 3, cols, ignore=ignore)
+        assert res[name] == pytest.approx(want, rel=1e-12, abs=1e-12)
+        no_positive = ~(targets.astype(bool) & ~ignore)[:, cols].any(axis=0)
+        assert res[name][CLASSES_DROPPED] == no_positive.sum() >= (5 in cols)
+    if seed == 0:  # nothing ignored: sklearn directly on the kept columns
+        kept = [c for c in classes if c != 5]
+        pred = (scores[:, kept] > 0.5).astype(int)
+        y = targets[:, kept]
+        assert res["all"]["CP"] == pytest.approx(100 * precision_score(y, pred, average="macro", zero_division=0))
+        assert res["all"]["OR"] == pytest.approx(100 * recall_score(y, pred, average="micro", zero_division=0))
+        assert res["all"]["mAP"] == pytest.approx(np.mean(_sklearn_ap(scores[:, kept], y)))
+
+
+def test_group_columns():
+    assert {k: v.tolist() for k, v in group_columns({"a": [3, 0], "b": [], "c": [1]}, 4).items()} == {
+        "all": [0, 1, 2, 3], "a": [3, 0], "c": [1]}
+    assert list(group_columns({"a": [3, 0], "c": [1]}, 4, classes=[2, 3])) == ["all", "a"]
+    with pytest.raises(ValueError, match="argument `classes`"):
+        group_columns({"a": [7]}, 4)
+
+
+def test_a_group_whose_classes_have_no_positive_is_nan_with_its_count():
+    scores, targets = _random(4, m=6, empty=(4, 5))
+    res = group_metrics(scores, targets, {"minority": [4, 5], "majority": [0, 1]})
+    assert all(np.isnan(v) for k, v in res["minority"].items() if k != CLASSES_DROPPED)
+    assert res["minority"][CLASSES_DROPPED] == 2.0 and res["all"][CLASSES_DROPPED] == 2.0
+    assert not np.isnan(res["majority"]["CF1"]) and res["majority"][CLASSES_DROPPED] == 0.0
+
+
 # ----------------------------------------------------------------------------- top-k
 
 
@@ -169,8 +234,8 @@ def test_topk_hand_case():
         ]
     )
     targets = np.array([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]])
-    res = topk_metrics(scores, targets)
-    assert list(res) == ["CP@3", "CR@3", "CF1@3", "OP@3", "OR@3", "OF1@3"]
+    res = topk_metrics(scores, targets, ignore_empty=False)
+    assert list(res) == ["CP@3", "CR@3", "CF1@3", "OP@3", "OR@3", "OF1@3", CLASSES_DROPPED]
     # per class (TP / predicted / positives): 0: 1/1/1, 1: 0/1/0, 2: 1/2/1, 3: 0/1/1, 4: 0/1/0
     cp = 100 * (1 + 0 + 0.5 + 0 + 0) / 5
     cr = 100 * (1 + 0 + 1 + 0 + 0) / 5
@@ -178,6 +243,10 @@ def test_topk_hand_case():
     assert res["CF1@3"] == pytest.approx(2 * cp * cr / (cp + cr))
     assert res["OP@3"] == pytest.approx(100 * 2 / 6) and res["OR@3"] == pytest.approx(100 * 2 / 3)
     assert res["OF1@3"] == pytest.approx(2 * (2 / 6) * (2 / 3) / (2 / 6 + 2 / 3) * 100)
+    # by default classes 1 and 4 (no positive) are dropped, as from the thresholded metrics
+    res = topk_metrics(scores, targets)
+    assert res["CP@3"] == pytest.approx(100 * 1.5 / 3) and res["CR@3"] == pytest.approx(100 * 2 / 3)
+    assert res["OP@3"] == pytest.approx(100 * 2 / 4) and res[CLASSES_DROPPED] == 2.0
     # subset: predictions still chosen among all columns
     sub = topk_metrics(scores, targets, classes=[3])
     assert sub["CP@3"] == 0.0 and sub["CR@3"] == 0.0
@@ -315,7 +384,7 @@ def test_ignored_pair_is_left_out_of_ap_and_counts_hand_case():
     assert plain["mAP"] == pytest.approx(100 * (1 / 2 + 2 / 4) / 2)
     res = multilabel_metrics(scores, targets, ignore=ignore)
     assert res["mAP"] == pytest.approx(100 * (1 / 1 + 2 / 3) / 2)
-    # predictions >= 0.5: rows 0, 1, 2; row 0 ignored -> 1 TP of 2 predictions, 1 of 2 positives
+    # predictions > 0.5: rows 0, 1, 2; row 0 ignored -> 1 TP of 2 predictions, 1 of 2 positives
     assert (res["CP"], res["CR"], res["OP"], res["OR"]) == pytest.approx((50.0, 50.0, 50.0, 50.0))
     assert plain["CP"] == pytest.approx(100 / 3)
 
@@ -334,12 +403,13 @@ def test_ignore_equals_dropping_the_pairs(seed, ties):
         s, y = scores[keep, j], targets[keep, j]
         if y.any():
             aps.append(100 * average_precision_score(y, s))
-        pred = s >= 0.5
+        pred = s > 0.5
         tp.append(int((pred & (y == 1)).sum()))
         n_pred.append(int(pred.sum()))
         n_pos.append(int(y.sum()))
-    tp, n_pred, n_pos = map(np.array, (tp, n_pred, n_pos))
+    tp, n_pred, n_pos = (np.delete(np.array(a), 3) for a in (tp, n_pred, n_pos))  # class 3: no positive left
     assert len(aps) == scores.shape[1] - 1 and res["mAP"] == pytest.approx(np.mean(aps))
+    assert res[CLASSES_DROPPED] == 1.0
     cp = 100 * np.mean(np.divide(tp, n_pred, out=np.zeros(len(tp)), where=n_pred > 0))
     cr = 100 * np.mean(np.divide(tp, n_pos, out=np.zeros(len(tp)), where=n_pos > 0))
     assert (res["CP"], res["CR"]) == pytest.approx((cp, cr))

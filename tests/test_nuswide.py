@@ -20,6 +20,7 @@ from PIL import Image
 
 from benchmarks import nuswide
 from cml_bench.evaluator import FAMILY_METRICS
+from cml_bench.metrics import CLASSES_DROPPED
 from cml_bench.prepared import read_prs_lists
 from cml_bench.store import BadImagesError, StoreVersionError, open_store
 
@@ -247,7 +248,7 @@ def test_single_short_multi_epoch_run(prepared, tmp_path):
     assert config.model.backbone == "resnet10t" and config.train.epochs == 2
     frame = pd.read_csv(result.path / "metrics.csv")
     assert set(frame.trained_through_task) == {0} and set(frame.group) == {"all"}
-    assert set(frame.metric) == set(FAMILY_METRICS["generic"])  # the generic family: top-3 rows too
+    assert set(frame.metric) == {*FAMILY_METRICS["generic"], CLASSES_DROPPED}  # the generic family: top-3 rows too
     assert 0 <= frame[(frame.metric == "mAP") & (frame.eval_on == "seen")].value.item() <= 100
     assert (result.path / "left_out_images.csv").is_file()
 

@@ -24,7 +24,7 @@ from benchmarks import coco2014, voc2007
 from cml_bench.cli import main
 from cml_bench.config import EvalConfig
 from cml_bench.evaluator import FAMILY_METRICS, Evaluator, predict
-from cml_bench.metrics import multilabel_metrics, topk_metrics
+from cml_bench.metrics import CLASSES_DROPPED, multilabel_metrics, topk_metrics
 from cml_bench.registry import BENCHMARKS
 from cml_bench.single_task import StoreOptions
 from cml_bench.store import BadImagesError, open_store
@@ -162,7 +162,7 @@ def test_coco_short_multi_epoch_run(coco_store, tmp_path):
     _, out, _ = coco_store
     frame = _short_run("coco2014", out, tmp_path / "results")
     assert set(frame.trained_through_task) == {0} and set(frame.eval_on) == {"task0", "seen"}
-    assert set(frame.group) == {"all"} and set(frame.metric) == set(FAMILY_METRICS["generic"])  # top-3 too
+    assert set(frame.group) == {"all"} and set(frame.metric) == {*FAMILY_METRICS["generic"], CLASSES_DROPPED}
     m_ap = frame[(frame.metric == "mAP") & (frame.eval_on == "seen")].value
     assert len(m_ap) == 1 and 0 < float(m_ap.iloc[0]) <= 100
 
@@ -258,7 +258,7 @@ def test_voc_run_metrics_leave_the_difficult_pairs_out(voc_store, tmp_path):
     })
     result = run(config, tmp_path / "results", log=lambda *a, **k: None)
     frame = pd.read_csv(result.path / "metrics.csv")
-    assert set(frame.metric) == set(FAMILY_METRICS["generic"])  # the top-3 rows of the generic family
+    assert set(frame.metric) == {*FAMILY_METRICS["generic"], CLASSES_DROPPED}  # the top-3 rows too
     bench = _bench("voc2007", str(out))
     model = build_model(config.model, bench.meta.num_classes)
     model.load_state_dict(torch.load(result.path / "model.pt"))
@@ -271,7 +271,9 @@ def test_voc_run_metrics_leave_the_difficult_pairs_out(voc_store, tmp_path):
 
 
 def test_voc_evaluator_difficult_pairs_are_neither_predictions_nor_positives(voc_store):
-    """Every label predicted: the 2 difficult test pairs leave the 80 predictions (OP 4/78, not 4/80)."""
+    """Every label predicted: the difficult test pairs are neither predictions nor positives. The 4 test
+    positives fall in 4 classes; the other 16 have no positive and are dropped (PRS), leaving 16
+    predictions, one of them a difficult pair: OP 4/15, not 4/16."""
     _, out, _ = voc_store
     bench = _bench("voc2007", str(out))
 
@@ -280,9 +282,10 @@ def test_voc_evaluator_difficult_pairs_are_neither_predictions_nor_positives(voc
             return torch.full((len(x), 20), 4.0)
 
     seen = Evaluator(bench, EvalConfig(), "cpu", labels={}).after_task(Everything(), 0)
-    assert seen["all"]["OP"] == pytest.approx(100 * 4 / 78) and seen["all"]["OR"] == 100
+    assert seen["all"]["OP"] == pytest.approx(100 * 4 / 15) and seen["all"]["OR"] == 100
+    assert seen["all"][CLASSES_DROPPED] == 16
     targets = np.stack([y.numpy() for _, y, _ in bench.test_stream[0].dataset])
-    assert multilabel_metrics(np.full((4, 20), 0.98), targets)["OP"] == pytest.approx(100 * 4 / 80)  # unmasked
+    assert multilabel_metrics(np.full((4, 20), 0.98), targets)["OP"] == pytest.approx(100 * 4 / 16)  # unmasked
 
 
 # ---------------------------------------------------------------------------- errors and commands
