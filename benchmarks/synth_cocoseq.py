@@ -260,12 +260,22 @@ class Painter:
                        for s in self.sprite_sizes}
 
     def paint(self, rng: np.random.Generator, label_sets: list[list[int]]) -> np.ndarray:
+        # Byte for byte what clip(base + rng.normal(...)).astype(uint8) and rng.choice drew before
+        # (tests/test_synth.py checks it against that code): the noise is drawn in chunks, which
+        # takes the same values from the generator, into one float buffer; rng.choice(a, size) is
+        # a[rng.integers(0, len(a), size)] without its argument checks.
         n, size = len(label_sets), self.size
         base = rng.integers(30, 200, size=(n, 3, 1, 1))
-        images = np.clip(base + rng.normal(0, self.noise, size=(n, 3, size, size)), 0, 255).astype(np.uint8)
+        images = np.empty((n, 3, size, size), dtype=np.uint8)
+        chunk = max(1, (1 << 20) // (3 * size * size))  # about 1M values (8 MB) at a time
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            noise = rng.normal(0, self.noise, size=(stop - start, 3, size, size))
+            noise += base[start:stop]
+            images[start:stop] = np.clip(noise, 0, 255, out=noise)
         pool = np.arange(self.num_classes, self.num_sprites)
         for i, labels in enumerate(label_sets):
-            for sprite in rng.choice(pool, size=self.clutter):
+            for sprite in pool[rng.integers(0, len(pool), size=self.clutter)]:
                 self._paste(rng, images[i], int(sprite), taken=None)
             taken: list[tuple[int, int, int]] = []
             for c in labels:
@@ -274,7 +284,7 @@ class Painter:
 
     def _paste(self, rng: np.random.Generator, image: np.ndarray, sprite: int,
                taken: list[tuple[int, int, int]] | None) -> None:
-        s = int(rng.choice(self.sprite_sizes))
+        s = int(self.sprite_sizes[rng.integers(0, len(self.sprite_sizes))])  # = rng.choice(self.sprite_sizes)
         for _ in range(30):  # labelled sprites do not overlap one another
             y, x = rng.integers(0, self.size - s + 1, size=2)
             if taken is None or all(y + s <= ty or ty + ts <= y or x + s <= tx or tx + ts <= x

@@ -125,6 +125,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if args.address:
             raise ConfigError("--address is for --executor ray; the local executor needs none.")
+        if args.gpus_per_run is not None:
+            raise ConfigError("--gpus-per-run is for --executor ray; locally, --workers N --device cuda packs "
+                              "N runs on the GPU.")
         executor = LocalExecutor(args.workers)
     report = run_sweep(plan_runs(configs, out, rerun=args.rerun, threads=args.cpus_per_run), out, executor,
                        cpus=args.cpus_per_run, gpus=args.gpus_per_run)

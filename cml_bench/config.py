@@ -104,6 +104,10 @@ class TrainConfig:
         augment: per-sample augmentation of training batches: ``none``, ``multiscale`` (generic
             multi-label: multi-scale crop + horizontal flip) or ``pedestrian`` (pad-and-crop, flip,
             Gaussian blur, random erasing); see ``cml_bench/augment.py``.
+        precision: ``fp32`` or ``bf16`` (``torch.autocast`` with bfloat16 around every forward pass,
+            training and evaluation; the loss, gradients and weights stay fp32). bf16 changes results.
+        channels_last: keep the model's weights and its input batches in channels-last memory layout
+            (faster convolutions on GPUs and oneDNN CPUs; the numbers can differ in the last bits).
     """
 
     optimizer: str = "adam"
@@ -119,6 +123,8 @@ class TrainConfig:
     plateau_factor: float = 0.1
     plateau_patience: int = 4
     augment: str = "none"
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "train.lr", "a learning rate > 0", self.lr)

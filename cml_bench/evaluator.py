@@ -34,6 +34,7 @@ from cml_bench import metrics
 from cml_bench.augment import resize_batch
 from cml_bench.config import EvalConfig
 from cml_bench.stream import MultiLabelBenchmark
+from cml_bench.training import autocast, model_input
 
 MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 TOP_K = 3  # the generic protocol's top-3 predictions per image
@@ -46,12 +47,14 @@ FAMILY_METRICS = {
 HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA"}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
-            desc: str = "eval", image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            desc: str = "eval", image_size: tuple[int, int] | None = None, precision: str = "fp32",
+            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores ``[N, M]`` and 0/1 targets ``[N, M]`` of a dataset of ``(x, y, ...)`` items.
 
     ``image_size``: resize each batch to ``(H, W)`` on the device before the model (None = as stored).
+    ``precision`` / ``channels_last``: as in training (``train.precision``, ``train.channels_last``).
     """
     was_training = model.training
     model.eval()
@@ -59,8 +62,10 @@ def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.devi
                         collate_fn=getattr(dataset, "collate_fn", None))
     scores, targets = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = resize_batch(batch[0].to(device), image_size)
-        scores.append(torch.sigmoid(model(x)).float().cpu())
+        x = model_input(resize_batch(batch[0].to(device), image_size), channels_last)
+        with autocast(device, precision):
+            logits = model(x)
+        scores.append(torch.sigmoid(logits.float()).cpu())  # fp32 sigmoid: no bf16 ties in the ranking
         targets.append(batch[1])
     model.train(was_training)
     return torch.cat(scores).numpy(), (torch.cat(targets) > 0.5).numpy().astype(np.uint8)
@@ -71,6 +76,7 @@ class Evaluator:
     """Collects long-format metric rows over a run; see the module docstring for what is evaluated.
 
     ``image_size``: the test input size (``eval.image_size``, else ``model.image_size``; None = as stored).
+    ``precision`` / ``channels_last``: the training run's (``train.precision``, ``train.channels_last``).
     """
 
     benchmark: MultiLabelBenchmark
@@ -80,6 +86,8 @@ class Evaluator:
     rows: list[dict[str, Any]] = field(default_factory=list)
     matrix: dict[str, np.ndarray] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def _add(self, trained_through: int, eval_on: str, group: str, values: dict[str, float]) -> None:
         for metric, value in values.items():
@@ -123,7 +131,8 @@ class Evaluator:
         for j in range(trained_through + 1):
             exp = self.benchmark.test_stream[j]
             scores, targets = predict(model, exp.dataset, self.cfg.batch_size, self.device,
-                                      desc=f"eval task {j}", image_size=self.image_size)
+                                      desc=f"eval task {j}", image_size=self.image_size,
+                                      precision=self.precision, channels_last=self.channels_last)
             ignore = self._ignore(j)
             for group, values in self._score(scores, targets, meta.task_classes[j], ignore).items():
                 self._add(trained_through, f"task{j}", group, values)

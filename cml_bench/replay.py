@@ -59,6 +59,33 @@ class ReplayMemory:
         self.images, self.targets = state["images"], state["targets"]
 
 
+def to_device(values: Any, device: torch.device) -> torch.Tensor:
+    """``torch.as_tensor(values, device=device)``; to a GPU through pinned memory without waiting, so
+    the step's host work does not stall the device's queue (a pageable copy waits for it to drain)."""
+    tensor = torch.as_tensor(values)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def host_labels(y: torch.Tensor) -> Callable[[], np.ndarray]:
+    """``(y > 0.5)`` as a numpy array, returned by the function this gives back. On a GPU the copy
+    starts now, without waiting; the function waits only for it (not for the model's step queued
+    after it), so the incoming labels reach the buffer without a device-wide synchronisation."""
+    labels = y > 0.5
+    if labels.device.type != "cuda":
+        return lambda: labels.cpu().numpy()
+    host = torch.empty(labels.shape, dtype=labels.dtype, pin_memory=True)
+    host.copy_(labels, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait() -> np.ndarray:
+        copied.synchronize()
+        return host.numpy()
+    return wait
+
+
 KeyFunction = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``keys(model, images, targets)`` -> float [N, D]: one vector per sample for a ``KeyedBuffer``."""
 
@@ -95,11 +122,11 @@ class OnlineReplayPlugin(SupervisedPlugin):
 
     def before_training_iteration(self, strategy, **kwargs):
         x, y = strategy.mbatch[0], strategy.mbatch[1]
-        self._incoming = (x, y)
+        self._incoming = (x, y, host_labels(y))
         k = min(len(self.buffer), self.replay_batch_size)
         if k == 0:
             return
-        slots = torch.as_tensor(self.buffer.sample(k), device=x.device)
+        slots = to_device(self.buffer.sample(k), x.device)
         x_old, y_old = self.memory.read(slots)
         t = strategy.mbatch[-1]
         strategy.mbatch[0] = torch.cat([x, x_old])
@@ -107,8 +134,8 @@ class OnlineReplayPlugin(SupervisedPlugin):
         strategy.mbatch[-1] = torch.cat([t, t.new_zeros(k)])
 
     def after_training_iteration(self, strategy, **kwargs):
-        x, y = self._incoming
-        labels = (y > 0.5).cpu().numpy()
+        x, y, labels = self._incoming
+        labels = labels()
         if self.keys is None:
             decisions = self.buffer.offer_batch(labels)
         else:
@@ -126,8 +153,8 @@ class OnlineReplayPlugin(SupervisedPlugin):
         if rows:
             # A later sample of the same batch may take the slot an earlier one just got: keep the last.
             order = {s: r for r, s in zip(rows, slots)}
-            slot_t = torch.as_tensor(list(order), device=x.device)
-            row_t = torch.as_tensor(list(order.values()), device=x.device)
+            slot_t = to_device(list(order), x.device)
+            row_t = to_device(list(order.values()), x.device)
             self.memory.write(slot_t, x[row_t], y[row_t])
         self._incoming = None
 

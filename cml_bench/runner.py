@@ -85,6 +85,8 @@ class ProgressPlugin(SupervisedPlugin):
                         desc=f"train task {strategy.experience.current_experience}")
 
     def after_training_iteration(self, strategy, **kwargs):
+        if self.bar.disable:  # no terminal: a disabled bar never counts, so n % 20 == 0 held on every step
+            return  # (and its loss.item() stalled a GPU's queue once per step)
         self.bar.update()
         if self.bar.n % 20 == 0:
             self.bar.set_postfix(loss=f"{strategy.loss.item():.4f}")
@@ -137,7 +139,8 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                                   plugins=plugins + [ProgressPlugin()], seed=config.seed, image_size=train_size)
     evaluator = Evaluator(benchmark, config.eval, device,
                           labels={"benchmark": meta.name, "strategy": label, "seed": config.seed},
-                          image_size=eval_size)
+                          image_size=eval_size, precision=config.train.precision,
+                          channels_last=config.train.channels_last)
 
     identity = run_identity(config, torch.get_num_threads())
     notes: list[str] = []

@@ -397,6 +397,9 @@ def run_sweep(planned: Sequence[PlannedRun], out: str | Path, executor: LocalExe
     """
     if cpus < 1:
         raise ConfigError(f"--cpus-per-run must be >= 1, got {cpus}.")
+    if gpus is not None and (gpus < 0 or (gpus > 1 and not float(gpus).is_integer())):
+        raise ConfigError(f"--gpus-per-run must be a fraction of one GPU (0.25 packs 4 runs on each GPU) or a "
+                          f"whole number of GPUs, got {gpus}.")
     report = SweepReport(list(planned))
     todo = [i for i, p in enumerate(report.planned) if p.done is None]
     progress = Progress(len(report.planned), len(report.planned) - len(todo), stream)

@@ -1,8 +1,9 @@
 """Avalanche's supervised template adapted to multi-label targets and the online protocol."""
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Iterable, Sequence
+from typing import ContextManager, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,26 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 SCHEDULERS = ("none", "plateau")
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(name: str) -> None:
+    if name not in PRECISIONS:
+        raise ValueError(f"Unknown train.precision '{name}'. Available: {', '.join(PRECISIONS)}.")
+
+
+def autocast(device: torch.device | str, precision: str) -> ContextManager:
+    """The context every forward pass runs in: nothing for ``fp32`` (results exactly as before the
+    option existed), ``torch.autocast`` to bfloat16 on ``device``'s type for ``bf16``."""
+    check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def model_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A batch in the memory layout of the model's weights (``train.channels_last``)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 class TrainLossScheduler(LRSchedulerPlugin):
@@ -81,6 +102,9 @@ class MultiLabelTemplate(SupervisedTemplate):
     * Batches enter the model at ``image_size`` (``model.image_size``; None = as stored), training
       batches augmented per sample by ``cfg.augment`` with draws from the data-order generator.
     * ``cfg.scheduler`` adds Avalanche's ``LRSchedulerPlugin`` (see ``make_scheduler_plugins``).
+    * ``cfg.precision`` / ``cfg.channels_last``: forward passes under bf16 autocast (logits returned
+      as fp32, so the loss is fp32) / weights and batches in channels-last layout.
+    * Training batches come from pinned memory on CUDA, so their copies to the device overlap compute.
     * Avalanche's own metrics assume integer labels, so its evaluator runs with no metrics; the
       platform's evaluator (``cml_bench.evaluator``) does the multi-label evaluation.
     """
@@ -89,6 +113,9 @@ class MultiLabelTemplate(SupervisedTemplate):
                  plugins: Sequence[SupervisedPlugin] = (), seed: int = 0,
                  image_size: tuple[int, int] | None = None):
         check_augment(cfg.augment)
+        check_precision(cfg.precision)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, cfg)
         with warnings.catch_warnings():  # "no loggers": on purpose, see the class docstring
             warnings.simplefilter("ignore")
@@ -110,6 +137,7 @@ class MultiLabelTemplate(SupervisedTemplate):
         self.data_generator = torch.Generator().manual_seed(seed)
         self.image_size = image_size
         self.augment = cfg.augment
+        self.precision, self.channels_last = cfg.precision, cfg.channels_last
 
     def forward(self):
         x = self.mb_x
@@ -117,7 +145,9 @@ class MultiLabelTemplate(SupervisedTemplate):
             x = augment_batch(x, self.augment, self.image_size, self.data_generator)
         else:
             x = resize_batch(x, self.image_size)
-        return self.model.forward_modules(x)
+        with autocast(self.device, self.precision):
+            out = self.model.forward_modules(model_input(x, self.channels_last))
+        return out.float()  # a no-op in fp32
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs):
         self.dataloader = DataLoader(
@@ -127,6 +157,7 @@ class MultiLabelTemplate(SupervisedTemplate):
             generator=self.data_generator,
             num_workers=self.num_workers,
             collate_fn=getattr(self.adapted_dataset, "collate_fn", None),
+            pin_memory=self.device.type == "cuda",  # Avalanche copies batches with non_blocking=True
         )
 
     def optimizer_step(self):

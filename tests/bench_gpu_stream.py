@@ -1,24 +1,30 @@
 """Full-size throughput check: ResNet-101 at 256 px on a COCOseq-sized stream, through the real pipeline.
 
-Not a test (pytest does not collect it): a script for a GPU machine.
+Not a test (pytest does not collect it): a script for a GPU machine. Two steps, so that the GPU's
+time goes to the stream (the first needs no GPU, and is skipped when the store already exists):
 
-    python tests/bench_gpu_stream.py --store /tmp/cocoseq-synth --device cuda \
-        [--strategies prs+ssca,finetune --scale 1.0 --size 256 --budget-s 480]
+    python tests/bench_gpu_stream.py --build-store-only
+    python tests/bench_gpu_stream.py --device cuda [--precision bf16 --channels-last]
 
 What it does:
-1. Writes a ``cocoseq`` store (the format `data prepare cocoseq` writes: memory-mapped uint8 images,
-   index, published groups) whose label side is COCOseq-sized: synth-cocoseq's label sets at
-   ``--scale`` 1.0 (35k training images over the 4 tasks with COCOseq's per-class counts) and a
-   test set of COCOseq's size; the pixels are random (throughput does not depend on them).
+1. Writes (or reuses) a ``cocoseq`` store (the format `data prepare cocoseq` writes: memory-mapped
+   uint8 images, index, published groups) whose label side is COCOseq-sized: synth-cocoseq's label
+   sets at ``--scale`` 1.0 (35k training images over the 4 tasks with COCOseq's per-class counts) and
+   a test set of COCOseq's size. The pixels are noise (throughput does not depend on them), taken from
+   a small pool of random images so that writing them costs only the disk.
 2. Runs each strategy with ``cml_bench.runner.run`` on ``--benchmark cocoseq`` with the benchmark's
-   protocol settings (ResNet-101, layer 4, batch 10 + 10 replayed, Adam), ``pretrained=False``.
-3. Times, with the device synchronised, the model's share of training: forward + loss + backward +
-   clipping + optimiser step (Avalanche's ``before_forward`` .. ``after_update``). Everything else in
-   a training task (memory-mapped reads, collation, host-to-device copies, replay sampling and the
-   buffer's decisions, plugin hooks) is "outside the model".
+   protocol settings (ResNet-101, layer 4, batch 10 + 10 replayed, Adam), ``pretrained=False``, and
+   ``train.precision`` / ``train.channels_last`` / ``train.num_workers`` from the flags.
+3. Times the model's share of training: forward + loss + backward + clipping + optimiser step
+   (Avalanche's ``before_forward`` .. ``after_update``), with CUDA events on a GPU, so that measuring
+   adds no synchronisation; the wall time of each task is taken with the device synchronised at its
+   start and end. Everything else in a training task (memory-mapped reads, collation, host-to-device
+   copies, replay sampling and the buffer's decisions, plugin hooks, and the GPU waiting for any of
+   them) is "outside the model".
 
-Printed per strategy: stream images/s (incoming images / training time), processed images/s
-(incoming + replayed), the share of training time outside the model, evaluation time, total wall.
+Printed, unbuffered, after every task and per strategy: stream images/s (incoming images / training
+time), processed images/s (incoming + replayed), the share of training time outside the model,
+evaluation time, total wall.
 """
 from __future__ import annotations
 
@@ -36,14 +42,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import cocoseq, synth_cocoseq as synth  # noqa: E402
+from cml_bench.cli import _parse_set  # noqa: E402
+from cml_bench.config import merge  # noqa: E402
 from cml_bench.registry import STRATEGIES, split_head  # noqa: E402
 from cml_bench.runner import resolve_config, run  # noqa: E402
 from cml_bench.store import StorePart, write_store  # noqa: E402
 from cml_bench.strategy import StrategySpec  # noqa: E402
 
+NOISE_POOL = 64  # distinct random images the store's pixels are drawn from
+
 
 def build_store(out: Path, scale: float, size: int) -> int:
-    """Write the COCOseq-sized store; returns the number of training images."""
+    """Write (or reuse, when one with the same labels and size exists) the COCOseq-sized store;
+    returns the number of training images."""
     rng = np.random.default_rng([0, synth.GENERATOR_VERSION])
     counts = synth.scaled_counts(scale)
     names = list(synth.CLASS_NAMES)
@@ -61,50 +72,70 @@ def build_store(out: Path, scale: float, size: int) -> int:
             train_images += len(sets) if split == "train" else 0
     groups = synth.class_groups(counts, scale)
     info = {"published_groups": {g: [names[c] for c in cols] for g, cols in groups.items()}}
+    pool = np.random.default_rng(0).integers(0, 256, size=(NOISE_POOL, 3, size, size), dtype=np.uint8)
 
     def reader(path: str, side: int) -> np.ndarray:
-        seed = int.from_bytes(path.encode()[-8:].rjust(8, b"\0"), "little")
-        return np.random.default_rng(seed).integers(0, 256, size=(3, side, side), dtype=np.uint8)
+        return pool[int.from_bytes(path.encode()[-8:].rjust(8, b"\0"), "little") % NOISE_POOL]
 
     start = time.perf_counter()
-    write_store(out, parts, names, builder="cocoseq", builder_version=cocoseq.BUILDER_VERSION,
-                size=size, info=info, chunk_rows=1024, reader=reader)
-    print(f"store: {train_images:,} training images at {size} px written to {out} "
-          f"in {time.perf_counter() - start:.0f} s", flush=True)
+    result = write_store(out, parts, names, builder="cocoseq", builder_version=cocoseq.BUILDER_VERSION,
+                         size=size, info=info, chunk_rows=1024, reader=reader)
+    what = "reused" if result.reused else f"written in {time.perf_counter() - start:.0f} s"
+    print(f"store: {train_images:,} training images at {size} px in {out} ({what})", flush=True)
     return train_images
 
 
 class ModelTimer(SupervisedPlugin):
-    """Synchronised wall time of the model step and of whole training tasks."""
+    """Time of the model step (CUDA events on a GPU: no synchronisation) and of whole training tasks."""
 
     def __init__(self, device: torch.device):
         super().__init__()
         self.device = device
+        self.cuda = device.type == "cuda"
         self.model_s = self.train_s = 0.0
         self.processed = self.iterations = self.incoming = 0
+        self.tasks: list[tuple[int, float, float, float]] = []  # (task, stream img/s, processed img/s, outside %)
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
+        if self.cuda:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
     def before_training_exp(self, strategy, **kwargs):
+        self._steps, self._processed = [], 0
         self._exp = self._now()
 
     def after_training_exp(self, strategy, **kwargs):
-        self.train_s += self._now() - self._exp
-        self.incoming += len(strategy.experience.dataset)
-        print(f"  so far: {self.incoming / self.train_s:.1f} stream images/s, "
-              f"{self.processed / self.train_s:.1f} processed images/s, "
-              f"{100 * (1 - self.model_s / self.train_s):.1f}% of training time outside the model", flush=True)
+        wall = self._now() - self._exp  # synchronised: every event below has completed
+        if self.cuda:
+            model = sum(start.elapsed_time(end) for start, end in self._steps) / 1000
+        else:
+            model = sum(end - start for start, end in self._steps)
+        incoming = len(strategy.experience.dataset)
+        self.train_s += wall
+        self.model_s += model
+        self.incoming += incoming
+        self.processed += self._processed
+        self.iterations += len(self._steps)
+        row = (strategy.experience.current_experience, incoming / wall, self._processed / wall,
+               100 * (1 - model / wall))
+        self.tasks.append(row)
+        print(f"  task {row[0]}: {row[1]:.1f} stream images/s, {row[2]:.1f} processed images/s, "
+              f"{row[3]:.1f}% of training time outside the model ({incoming:,} images in {wall:.0f} s)", flush=True)
 
     def before_forward(self, strategy, **kwargs):
-        self._step = self._now()
-        self.processed += len(strategy.mb_x)
-        self.iterations += 1
+        self._start = self._mark()
+        self._processed += len(strategy.mb_x)
 
     def after_update(self, strategy, **kwargs):
-        self.model_s += self._now() - self._step
+        self._steps.append((self._start, self._mark()))
 
 
 def timed(name: str, timer: ModelTimer) -> str:
@@ -117,32 +148,55 @@ def timed(name: str, timer: ModelTimer) -> str:
     return f"timed-{base}" + (f"+{head}" if head != "pooled" else "")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The store and run-setting flags this script shares with ``bench_gpu_campaign.py``."""
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "cocoseq-synth")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench-gpu-results")
-    parser.add_argument("--strategies", default="prs+ssca,finetune")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of COCOseq's per-class counts")
+    parser.add_argument("--size", type=int, default=256, help="stored image side in pixels")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train.precision")
+    parser.add_argument("--channels-last", action="store_true", help="train.channels_last")
+    parser.add_argument("--num-workers", type=int, default=0, help="train.num_workers (DataLoader workers)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="further config overrides, as in `run --set` (e.g. model.backbone=resnet50)")
+
+
+def run_layer(args: argparse.Namespace, strategy: str) -> dict:
+    """The config layer of one benchmark run from the shared flags."""
+    layer = {"benchmark": {"name": "cocoseq", "options": {"root": str(args.store)}},
+             "strategy": {"name": strategy}, "model": {"pretrained": False},
+             "train": {"precision": args.precision, "channels_last": args.channels_last,
+                       "num_workers": args.num_workers},
+             "eval": {"batch_size": 100}, "device": args.device, "seed": 0}
+    return merge(layer, _parse_set(args.set))
+
+
+def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress must reach a log as it happens
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    store_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench-gpu-results")
+    parser.add_argument("--strategies", default="prs+ssca")
+    parser.add_argument("--build-store-only", action="store_true", help="write the store and stop (no GPU)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="do not start another strategy after this many seconds")
     args = parser.parse_args()
     start = time.perf_counter()
+    images = build_store(args.store, args.scale, args.size)
+    if args.build_store_only:
+        return 0
     device = torch.device(args.device)
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
-    images = build_store(args.store, args.scale, args.size)
+    print(f"precision {args.precision}, channels_last {args.channels_last}, num_workers {args.num_workers}",
+          flush=True)
     rows = []
     for name in args.strategies.split(","):
         if time.perf_counter() - start > args.budget_s:
-            print(f"{name}: skipped (time budget spent)")
+            print(f"{name}: skipped (time budget spent)", flush=True)
             continue
         timer = ModelTimer(device)
-        config = resolve_config({
-            "benchmark": {"name": "cocoseq", "options": {"root": str(args.store)}},
-            "strategy": {"name": timed(name, timer)}, "model": {"pretrained": False},
-            "eval": {"batch_size": 100}, "device": args.device, "seed": 0})
+        config = resolve_config(run_layer(args, timed(name, timer)))
         result = run(config, args.out, log=lambda m: print(m, flush=True))
         outside = 1 - timer.model_s / timer.train_s
         eval_s = result.wall_time_s - timer.train_s

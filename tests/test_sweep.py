@@ -66,6 +66,19 @@ def test_progress_line_and_summary_name_failed_runs(tiny_layer):
     assert "1 failed" in text and "FAILED prs on synth-cocoseq, seed 1: ConfigError: no GPU" in text
 
 
+def test_gpus_per_run_takes_fractions_of_a_gpu_and_only_on_ray(tiny_layer, tmp_path, capsys):
+    from cml_bench.sweep import LocalExecutor, run_sweep
+
+    for bad in (1.5, -0.25):
+        with pytest.raises(ConfigError, match="--gpus-per-run must be a fraction of one GPU"):
+            run_sweep([], tmp_path, LocalExecutor(), gpus=bad)
+    for good in (0.25, 1, 2):
+        assert run_sweep([], tmp_path, LocalExecutor(), gpus=good, stream=io.StringIO()).planned == []
+    # locally, --workers packs runs on the device; a Ray-only flag must not be silently ignored
+    assert main(["sweep", "--strategy", "finetune", "--gpus-per-run", "0.25", "--out", str(tmp_path)]) != 0
+    assert "--gpus-per-run is for --executor ray" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_a_failed_run_is_named_with_its_error_and_the_sweep_exits_1(tiny_layer, tmp_path, capsys):
     argv = ["sweep", "--config", str(_tiny_config(tiny_layer, tmp_path)), "--out", str(tmp_path / "out"),
