@@ -118,7 +118,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cml_bench.leaderboard import write_leaderboard
 
-    print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare))
+    print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare, against=args.against,
+                            alpha=args.alpha, bootstrap=args.bootstrap))
     where = args.out or args.results_dir
     print(f"\nWrote leaderboard.md / .csv / .tex, accuracy_matrix.csv and plot_*.png to {where}")
     return 0
@@ -346,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="where to write the tables and plots (default: results_dir)")
     board.add_argument("--compare", action="store_true",
                        help="add the paper's published rows (COCOseq, NUS-WIDEseq only)")
+    board.add_argument("--against", metavar="STRATEGY",
+                       help="compare every row with this strategy (default: the best mean of each column)")
+    board.add_argument("--alpha", type=float, default=0.05,
+                       help="significance level of the paired test over seeds (default 0.05)")
+    board.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                       help="test-image resamples for the confidence intervals (runs with scores.npz; "
+                            "default 200, 0 = none)")
     board.set_defaults(func=cmd_leaderboard)
 
     angles = sub.add_parser("angles", help="angle diagnostics of a finished run (paper Fig. 8)")

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cml_bench import metrics
+from cml_bench import scores as test_scores
 from cml_bench.augment import resize_batch
 from cml_bench.config import EvalConfig
 from cml_bench.stream import MultiLabelBenchmark
@@ -61,6 +62,22 @@ def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.devi
     return torch.cat(scores).numpy(), (torch.cat(targets) > 0.5).numpy().astype(np.uint8)
 
 
+def family_metrics(kind: str, scores: np.ndarray, targets: np.ndarray, cols: list[int], threshold: float,
+                   ignore: np.ndarray | None = None, benchmark: str = "") -> dict[str, float]:
+    """The metrics of family ``kind`` (:data:`FAMILY_METRICS`) on columns ``cols``: what the evaluator
+    writes for one group, and what the leaderboard's bootstrap recomputes on resampled test sets."""
+    if kind == "attribute":
+        if ignore is not None:
+            raise ValueError(f"Benchmark '{benchmark}' gives an evaluation ignore mask, "
+                             f"which the attribute metrics do not take.")
+        return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
+    values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold, ignore=ignore)
+    if kind == "generic" and scores.shape[1] >= TOP_K:
+        # an image's top 3 are chosen among all its columns, then scored on the group's columns
+        values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols, ignore=ignore))
+    return values
+
+
 @dataclass
 class Evaluator:
     """Collects long-format metric rows over a run; see the module docstring for what is evaluated.
@@ -75,6 +92,7 @@ class Evaluator:
     rows: list[dict[str, Any]] = field(default_factory=list)
     matrix: dict[str, np.ndarray] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
+    final_scores: test_scores.TestScores | None = None  # the last task's 'seen' scores (scores.npz)
 
     def _groups(self, classes: Iterable[int]) -> dict[str, list[int]]:
         wanted = set(classes)
@@ -103,17 +121,8 @@ class Evaluator:
 
     def _family_metrics(self, scores: np.ndarray, targets: np.ndarray, cols: list[int],
                         ignore: np.ndarray | None) -> dict[str, float]:
-        kind, threshold = self.benchmark.meta.kind, self.cfg.threshold
-        if kind == "attribute":
-            if ignore is not None:
-                raise ValueError(f"Benchmark '{self.benchmark.meta.name}' gives an evaluation ignore mask, "
-                                 f"which the attribute metrics do not take.")
-            return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
-        values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold, ignore=ignore)
-        if kind == "generic" and scores.shape[1] >= TOP_K:
-            # an image's top 3 are chosen among all its columns, then scored on the group's columns
-            values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols, ignore=ignore))
-        return values
+        return family_metrics(self.benchmark.meta.kind, scores, targets, cols, self.cfg.threshold, ignore,
+                              self.benchmark.meta.name)
 
     def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int],
                ignore: np.ndarray | None = None) -> dict[str, dict]:
@@ -149,6 +158,10 @@ class Evaluator:
         seen = self._score(np.concatenate(seen_scores), np.concatenate(seen_targets), seen_classes, union_ignore)
         for group, values in seen.items():
             self._add(trained_through, "seen", group, values)
+        if trained_through == meta.num_tasks - 1:  # kept for the leaderboard's bootstrap
+            self.final_scores = test_scores.from_evaluation(
+                seen_scores, seen_targets, seen_ignore, range(trained_through + 1), self._groups(seen_classes),
+                self.cfg.threshold, meta.kind)
         return seen
 
     def _matrix(self, metric: str) -> np.ndarray:
