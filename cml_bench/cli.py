@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"config, skipped ({done}; --rerun runs it again)")
             summary = summary_table(pd.read_csv(Path(done) / "metrics.csv"))
         else:
-            result = run(config, args.out, log=print, resume=args.resume)
+            result = run(config, args.out, log=print, resume=args.resume, loggers=args.logger)
             print(f"\n{label} on {config.benchmark.name}, seed {config.seed}: after the last task, on the "
                   f"test sets of all tasks ({result.wall_time_s:.0f} s)")
             summary = result.summary
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one config value, e.g. --set train.lr=0.01 (repeatable)")
     run.add_argument("--out", default="results", help="results folder (default: results)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    run.add_argument("--logger", action="append", default=[], choices=["tensorboard", "wandb"],
+                     help="also log losses, metrics and the anytime curve with Avalanche's TensorboardLogger "
+                          "or WandBLogger (offline unless WANDB_MODE is set) into the run folder (repeatable)")
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", help="a grid of runs (benchmarks x strategies x seeds), here or on a "

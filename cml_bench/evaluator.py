@@ -164,6 +164,23 @@ class Evaluator:
                 self.cfg.threshold, meta.kind)
         return seen
 
+    def anytime(self, model: torch.nn.Module, tasks: Iterable[int],
+                subsets: dict[int, np.ndarray | None]) -> dict[str, dict[str, float]]:
+        """The 'seen' metrics on the union of ``tasks``' test sets, each cut to its ``subsets`` rows
+        (None = all), on their classes: an anytime point (``cml_bench/recording.py``); records nothing."""
+        parts = []
+        for j in tasks:
+            dataset, rows, ignore = self.benchmark.test_stream[j].dataset, subsets.get(j), self._ignore(j)
+            if rows is not None:
+                dataset, ignore = dataset.subset(rows), None if ignore is None else ignore[rows]
+            scores, targets = predict(model, dataset, self.cfg.batch_size, self.device, desc=f"anytime task {j}",
+                                      image_size=self.image_size)
+            parts.append((scores, targets, np.zeros(targets.shape, dtype=bool) if ignore is None else ignore))
+        classes = [c for j in tasks for c in self.benchmark.meta.task_classes[j]]
+        ignore = np.concatenate([m for _, _, m in parts])
+        return self._score(np.concatenate([s for s, _, _ in parts]), np.concatenate([t for _, t, _ in parts]),
+                           classes, ignore if ignore.any() else None)
+
     def _matrix(self, metric: str) -> np.ndarray:
         t = self.benchmark.meta.num_tasks
         return self.matrix.setdefault(metric, np.full((t, t), np.nan))

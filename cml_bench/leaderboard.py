@@ -18,6 +18,7 @@ import pandas as pd
 
 from cml_bench import significance
 from cml_bench.evaluator import ATTRIBUTE_METRICS, HEADLINE_METRIC
+from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
 from cml_bench.scores import SCORES_FILE, load_scores
 from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, metric_family
 
@@ -430,6 +431,7 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
         plots.plot_matrix(continual, out / "plot_matrix.png")
         plots.plot_groups(continual, out / "plot_groups.png")
 
+    figures = _campaign_figures(root, df, out)
     old = superseded_runs(df)
     md = [f"# Leaderboard: {df['run'].nunique() - len(old)} runs under `{root}`", ""]
     marks = pd.concat(all_marks, ignore_index=True)
@@ -437,6 +439,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
     md += [to_markdown(table, marks=m) for table, m in zip(tables, all_marks)]
     if notes:
         md.append("\n".join(f"- {n}" for n in notes) + "\n")
+    if continual is not None and (continual["metric"] == AUC_METRIC).any():
+        md.append(_anytime_markdown(continual, alpha, against))
     if old:
         md.append(f"Ignored {len(old)} older run(s) of a (strategy, seed) that has a newer run: "
                   + ", ".join(f"`{r}`" for r in old) + "\n")
@@ -444,10 +448,52 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
         md.append("![mAP on all seen tasks after each task](plot_stream.png)\n\n"
                   "![mAP on task j after task i](plot_matrix.png)\n\n"
                   "![final mAP per class group](plot_groups.png)\n")
+    md += [f"![{what}]({name})\n" for name, what in figures]
     text = "\n".join(md)
     (out / "leaderboard.md").write_text(text)
     (out / "leaderboard.tex").write_text("\n".join(to_latex(t, m) for t, m in zip(tables, all_marks)))
     return text
+
+
+def run_files(root: Path, df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The newest runs' ``name`` files (``anytime.csv``, ``memory.csv``) concatenated, with a ``run``
+    column; empty when no run has one (runs from before they existed, or without replay / anytime)."""
+    runs = sorted(set(latest_runs(df)["run"]))
+    frames = [pd.read_csv(root / r / name).assign(run=r) for r in runs if (root / r / name).is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _campaign_figures(root: Path, df: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
+    """anytime.csv + plot_anytime.png and memory_shares.csv + plot_memory_<benchmark>.png, where the
+    runs recorded them; returns (file, caption) of each figure drawn."""
+    from cml_bench import plots
+
+    figures = []
+    anytime = run_files(root, df, ANYTIME_FILE)
+    if len(anytime):
+        anytime.to_csv(out / "anytime.csv", index=False)
+        plots.plot_anytime(anytime, out / "plot_anytime.png")
+        figures.append(("plot_anytime.png", "mAP during training (anytime evaluation)"))
+    memory = run_files(root, df, MEMORY_FILE)
+    if len(memory):
+        shares = memory_shares(memory)
+        shares.to_csv(out / "memory_shares.csv", index=False)
+        for bench, sub in shares.groupby("benchmark"):
+            name = f"plot_memory_{re.sub(r'[^A-Za-z0-9_.-]', '_', bench)}.png"
+            plots.plot_memory(sub, out / name)
+            figures.append((name, f"{bench}: replay memory composition"))
+    return figures
+
+
+def _anytime_markdown(df: pd.DataFrame, alpha: float, against: str | None) -> str:
+    """A_auc (anytime subsets) next to final mAP (full test sets), with the same significance marks."""
+    rows = df[df["strategy"].isin(set(df.loc[df["metric"] == AUC_METRIC, "strategy"]))]
+    columns = ((AUC_METRIC, "mAP"), ("all",))
+    marks = significance.compare_to_reference(per_seed_table(rows, *columns), alpha, against)
+    return ("## Anytime evaluation\n\nA_auc_mAP: area under the mAP-vs-samples curve of the anytime "
+            "evaluation (Koh et al., ICLR 2022; the seen tasks' test subsets of `eval.anytime_subset` "
+            "images), next to the final mAP on the full test sets.\n\n"
+            + to_markdown(final_table(rows, *columns), marks=marks))
 
 
 def _scores(root: Path, run: str) -> "significance.TestScores | None":

@@ -7,7 +7,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,8 @@ from cml_bench.evaluator import Evaluator
 from cml_bench.models import build_model
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
 from cml_bench.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from cml_bench.recording import RunRecorder, check_loggers
+from cml_bench.replay import OnlineReplayPlugin
 from cml_bench.results import find_partial, finish_run, manifest, start_run, summary_table
 from cml_bench.store import record_store_use
 from cml_bench.strategy import StrategyContext, StrategySpec
@@ -104,11 +106,12 @@ def build_benchmark(config: RunConfig) -> MultiLabelBenchmark:
 
 
 def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | None = None,
-        log=print, resume: bool = False) -> RunResult:
+        log=print, resume: bool = False, loggers: Sequence[str] = ()) -> RunResult:
     """Train ``config.strategy`` on ``config.benchmark`` and write the run folder under ``out``.
 
     A checkpoint is written after every task into the run's hidden staging folder; with
     ``resume=True`` an unfinished run of the same config continues after its last finished task.
+    ``loggers``: Avalanche loggers to feed as well (``tensorboard``, ``wandb``; ``cml_bench/recording.py``).
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
@@ -127,11 +130,16 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     eval_size = image_hw(config.eval.image_size, "eval.image_size") or train_size
     for size in {train_size, eval_size} - {None}:  # fail before training, not at the first evaluation
         model.backbone.check_input_size(size)
-    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device,
-                                  plugins=plugins + [ProgressPlugin()], seed=config.seed, image_size=train_size)
     evaluator = Evaluator(benchmark, config.eval, device,
                           labels={"benchmark": meta.name, "strategy": label, "seed": config.seed},
                           image_size=eval_size)
+    check_loggers(loggers)
+    recorder = RunRecorder(evaluator, config.eval, [p for p in plugins if isinstance(p, OnlineReplayPlugin)],
+                           seed=config.seed, batch_size=config.train.batch_size, joint=spec.joint,
+                           epochs=config.train.epochs)
+    plugins.append(recorder)  # after the strategy's plugins (the memory has taken the step); checkpointed
+    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device,
+                                  plugins=plugins + [ProgressPlugin()], seed=config.seed, image_size=train_size)
 
     staging = find_partial(out, config, label) if resume else None
     done = -1
@@ -142,9 +150,11 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
         staging = start_run(out, config, label)
         log(f"{label} on {meta.name}: {meta.num_tasks} task{'s' * (meta.num_tasks != 1)}, {meta.num_classes} classes, "
             f"seed {config.seed}, device {device}")
+    recorder.open_loggers(loggers, staging, f"{label}-seed{config.seed}", config.to_dict())
     if spec.joint:
         strategy.train(joint_experience(benchmark))
         evaluator.after_task(model, meta.num_tasks - 1)
+        recorder.after_task(model, meta.num_tasks - 1)
     else:
         for experience in benchmark.train_stream:
             task = experience.current_experience
@@ -152,13 +162,16 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                 continue
             strategy.train(experience)
             seen = evaluator.after_task(model, task)
+            recorder.after_task(model, task)
             log(f"  after task {task}: {evaluator.headline} on seen tasks {seen['all'][evaluator.headline]:.1f}")
             if task < meta.num_tasks - 1:
                 save_checkpoint(staging, task, strategy, plugins, evaluator)
     evaluator.finish()
+    recorder.finish(staging)  # A_auc rows, anytime.csv, memory.csv, scores.npz; closes the loggers
     wall = time.perf_counter() - start
     extra = {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
-             "train_images": sum(len(e.dataset) for e in benchmark.train_stream)}
+             "train_images": sum(len(e.dataset) for e in benchmark.train_stream),
+             "recording": {k: round(v, 3) for k, v in recorder.cost.items()}}
     if "store" in benchmark.extra:  # a prepared store: which one, and which images it left out
         extra["data"] = record_store_use(benchmark.extra["store"], staging)
     info = manifest(config, wall, extra)
