@@ -523,7 +523,7 @@ def _against_table(marks: pd.DataFrame) -> str:
         ref = m["against"].iloc[0]
         level = 100 * (1 - 0.05)
         lines = [f"#### {bench}: overall {metric} against {ref}", "",
-                 f"| strategy | difference | paired test | p | bootstrap {level:.0f}% CI (seeds) |",
+                 f"| strategy | difference (paired seeds) | paired test (pairs) | p | bootstrap {level:.0f}% CI (seeds) |",
                  "|---|---:|---|---:|---|"]
         rank = {s: i for i, s in enumerate(strategy_order(m["strategy"]))}
         for r in sorted(m.itertuples(), key=lambda r: rank[r.strategy]):
