@@ -198,7 +198,7 @@ class RunRecorder(SupervisedPlugin):
         with self._timed("loggers_cpu_s"):
             self.loggers = make_loggers(names, folder, run_name, config)
 
-    def after_task(self, model: torch.nn.Module, task: int) -> None:
+    def end_of_task(self, model: torch.nn.Module, task: int) -> None:
         """After the evaluator's end-of-task evaluation: the memory's composition, the logger feed,
         and at the end of the stream a last anytime point."""
         self._memory("task", task)

@@ -154,7 +154,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     if spec.joint:
         strategy.train(joint_experience(benchmark))
         evaluator.after_task(model, meta.num_tasks - 1)
-        recorder.after_task(model, meta.num_tasks - 1)
+        recorder.end_of_task(model, meta.num_tasks - 1)
     else:
         for experience in benchmark.train_stream:
             task = experience.current_experience
@@ -162,7 +162,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
                 continue
             strategy.train(experience)
             seen = evaluator.after_task(model, task)
-            recorder.after_task(model, task)
+            recorder.end_of_task(model, task)
             log(f"  after task {task}: {evaluator.headline} on seen tasks {seen['all'][evaluator.headline]:.1f}")
             if task < meta.num_tasks - 1:
                 save_checkpoint(staging, task, strategy, plugins, evaluator)
