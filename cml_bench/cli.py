@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"config, skipped ({done}; --rerun runs it again)")
             summary = summary_table(pd.read_csv(Path(done) / "metrics.csv"))
         else:
-            result = run(config, args.out, log=print)  # an interrupted run of this config resumes
+            result = run(config, args.out, log=print, loggers=args.logger)  # an interrupted run of this config resumes
             print(f"\n{label} on {config.benchmark.name}, seed {config.seed}: after the last task, on the "
                   f"test sets of all tasks ({result.wall_time_s:.0f} s)")
             summary = result.summary
@@ -149,7 +149,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cml_bench.leaderboard import write_leaderboard
 
-    print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare))
+    print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare, against=args.against,
+                            alpha=args.alpha, bootstrap=args.bootstrap))
     where = args.out or args.results_dir
     print(f"\nWrote leaderboard.md / .csv / .tex, accuracy_matrix.csv and plot_*.png to {where}")
     return 0
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one config value, e.g. --set train.lr=0.01 (repeatable)")
     run.add_argument("--out", default="results", help="results folder (default: results)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    run.add_argument("--logger", action="append", default=[], choices=["tensorboard", "wandb"],
+                     help="also log losses, metrics and the anytime curve with Avalanche's TensorboardLogger "
+                          "or WandBLogger (offline unless WANDB_MODE is set) into the run folder (repeatable)")
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", help="a grid of runs (benchmarks x strategies x seeds), here or on a "
@@ -395,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="where to write the tables and plots (default: results_dir)")
     board.add_argument("--compare", action="store_true",
                        help="add the paper's published rows (COCOseq, NUS-WIDEseq only)")
+    board.add_argument("--against", metavar="STRATEGY",
+                       help="compare every row with this strategy (default: the best mean of each column)")
+    board.add_argument("--alpha", type=float, default=0.05,
+                       help="significance level of the paired test over seeds (default 0.05)")
+    board.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                       help="test-image resamples for the confidence intervals (runs with scores.npz; "
+                            "default 200, 0 = none)")
     board.set_defaults(func=cmd_leaderboard)
 
     angles = sub.add_parser("angles", help="angle diagnostics of a finished run (paper Fig. 8)")

@@ -145,11 +145,17 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Evaluation: batch size, the score threshold of the precision/recall metrics, and the test
-    input size (``image_size``, ``640`` or ``[H, W]``; None = the training size ``model.image_size``)."""
+    input size (``image_size``, ``640`` or ``[H, W]``; None = the training size ``model.image_size``).
+
+    Anytime evaluation (``cml_bench/recording.py``): every ``every`` training iterations (None = off)
+    the model is scored on the union of the seen tasks' test sets, each cut to ``anytime_subset``
+    images drawn once per task (None = the whole test set)."""
 
     batch_size: int = 100
     threshold: float = 0.5
     image_size: int | list[int] | None = None
+    every: int | None = None
+    anytime_subset: int | None = None
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.batch_size)

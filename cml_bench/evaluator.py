@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cml_bench import metrics
+from cml_bench import scores as test_scores
 from cml_bench.augment import resize_batch
 from cml_bench.config import EvalConfig
 from cml_bench.stream import MultiLabelBenchmark
@@ -71,6 +72,22 @@ def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.devi
     return torch.cat(scores).numpy(), (torch.cat(targets) > 0.5).numpy().astype(np.uint8)
 
 
+def family_metrics(kind: str, scores: np.ndarray, targets: np.ndarray, cols: list[int], threshold: float,
+                   ignore: np.ndarray | None = None, benchmark: str = "") -> dict[str, float]:
+    """The metrics of family ``kind`` (:data:`FAMILY_METRICS`) on columns ``cols``: what the evaluator
+    writes for one group, and what the leaderboard's bootstrap recomputes on resampled test sets."""
+    if kind == "attribute":
+        if ignore is not None:
+            raise ValueError(f"Benchmark '{benchmark}' gives an evaluation ignore mask, "
+                             f"which the attribute metrics do not take.")
+        return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
+    values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold, ignore=ignore)
+    if kind == "generic" and scores.shape[1] >= TOP_K:
+        # an image's top 3 are chosen among all its columns, then scored on the group's columns
+        values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols, ignore=ignore))
+    return values
+
+
 @dataclass
 class Evaluator:
     """Collects long-format metric rows over a run; see the module docstring for what is evaluated.
@@ -88,6 +105,16 @@ class Evaluator:
     image_size: tuple[int, int] | None = None
     precision: str = "fp32"
     channels_last: bool = False
+    final_scores: test_scores.TestScores | None = None  # the last task's 'seen' scores (scores.npz)
+
+    def _groups(self, classes: Iterable[int]) -> dict[str, list[int]]:
+        wanted = set(classes)
+        groups = {"all": sorted(wanted)}
+        for name, cols in self.benchmark.meta.groups.items():
+            kept = [c for c in cols if c in wanted]
+            if kept:
+                groups[name] = kept
+        return groups
 
     def _add(self, trained_through: int, eval_on: str, group: str, values: dict[str, float]) -> None:
         for metric, value in values.items():
@@ -150,7 +177,29 @@ class Evaluator:
         seen = self._score(np.concatenate(seen_scores), np.concatenate(seen_targets), seen_classes, union_ignore)
         for group, values in seen.items():
             self._add(trained_through, "seen", group, values)
+        if trained_through == meta.num_tasks - 1:  # kept for the leaderboard's bootstrap
+            self.final_scores = test_scores.from_evaluation(
+                seen_scores, seen_targets, seen_ignore, range(trained_through + 1), self._groups(seen_classes),
+                self.cfg.threshold, meta.kind)
         return seen
+
+    def anytime(self, model: torch.nn.Module, tasks: Iterable[int],
+                subsets: dict[int, np.ndarray | None]) -> dict[str, dict[str, float]]:
+        """The 'seen' metrics on the union of ``tasks``' test sets, each cut to its ``subsets`` rows
+        (None = all), on their classes: an anytime point (``cml_bench/recording.py``); records nothing."""
+        parts = []
+        for j in tasks:
+            dataset, rows, ignore = self.benchmark.test_stream[j].dataset, subsets.get(j), self._ignore(j)
+            if rows is not None:
+                dataset, ignore = dataset.subset(rows), None if ignore is None else ignore[rows]
+            scores, targets = predict(model, dataset, self.cfg.batch_size, self.device, desc=f"anytime task {j}",
+                                      image_size=self.image_size, precision=self.precision,
+                                      channels_last=self.channels_last)
+            parts.append((scores, targets, np.zeros(targets.shape, dtype=bool) if ignore is None else ignore))
+        classes = [c for j in tasks for c in self.benchmark.meta.task_classes[j]]
+        ignore = np.concatenate([m for _, _, m in parts])
+        return self._score(np.concatenate([s for s, _, _ in parts]), np.concatenate([t for _, t, _ in parts]),
+                           classes, ignore if ignore.any() else None)
 
     def _matrix(self, metric: str) -> np.ndarray:
         t = self.benchmark.meta.num_tasks

@@ -24,8 +24,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cml_bench.evaluator import ATTRIBUTE_METRICS
+from cml_bench import significance
+from cml_bench.evaluator import ATTRIBUTE_METRICS, HEADLINE_METRIC
 from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
+from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
+from cml_bench.scores import SCORES_FILE, load_scores
 from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, check_run, metric_family
 
 METRICS = ("CF1", "OF1", "mAP")
@@ -368,13 +371,19 @@ def accuracy_matrix(df: pd.DataFrame) -> pd.DataFrame:
             .agg(mAP_mean="mean", mAP_std="std", n="count").reset_index())
 
 
-def _render(table: pd.DataFrame, tex: bool, n_note: bool = True) -> str:
+def _render(table: pd.DataFrame, tex: bool, n_note: bool = True, marks: pd.DataFrame | None = None) -> str:
     """Markdown or LaTeX body of :func:`to_markdown` / :func:`to_latex` (shared layout rules)."""
     pm, dash, blocks = (r" $\pm$ ", "--", []) if tex else (" ± ", "–", [])
+    mark_of = {} if marks is None else {(r.benchmark, r.strategy, r.group, r.metric): r.mark
+                                        for r in marks.itertuples()}
+    signs = {"lower": r"$^{\dagger}$", "higher": r"$^{\ddagger}$", "untested": r"$^{\circ}$"} if tex else SIGNS
     esc = (lambda s: re.sub(r"([&%$#_{}])", r"\\\1", s)) if tex else (lambda s: s)
     pairs = list(dict.fromkeys((g, m) for g, m, _ in table.columns))
     for bench in table.index.unique("benchmark"):
         sub = _sorted_rows(table.loc[[bench]]).loc[bench]
+        bench_marks = None if marks is None else marks[marks["benchmark"] == bench]
+        if bench_marks is not None and not bench_marks["mark"].isin(["same", "lower", "higher"]).any():
+            bench_marks = None  # nothing could be tested (one seed per row): plain best-mean bold
         ours = [s for s in sub.index if not s.startswith(REFERENCE_PREFIX)]
         best = {}
         for p in pairs:  # by the displayed (rounded) mean: ties are all bold, unless all tie
@@ -391,13 +400,20 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True) -> str:
                 text = dash if pd.isna(mean) else f"{mean:.1f}" + ("" if pd.isna(std) else f"{pm}{std:.1f}")
                 if not pd.isna(n) and n < row_n[strategy]:
                     text += f" (n={int(n)})"  # a seed without this value: say so in the cell
-                if strategy in ours and best[(g, m)] is not None and round(mean, 1) == best[(g, m)]:
+                mark = mark_of.get((bench, strategy, g, m))
+                if bench_marks is not None:  # significance marks: bold = best or not significantly different
+                    text += signs.get(mark, "")
+                    bold = strategy in ours and mark in ("best", "same")
+                else:
+                    bold = strategy in ours and best[(g, m)] is not None and round(mean, 1) == best[(g, m)]
+                if bold:
                     text = rf"\textbf{{{text}}}" if tex else f"**{text}**"
                 cells.append(text)
             n = "" if pd.isna(row_n[strategy]) else str(int(row_n[strategy]))
             lines.append([esc(strategy), *cells] + ([n] if n_col or tex else []))
         notes = ["Final results (after the last task, on the union of all tasks' test sets): mean"
-                 f"{pm}sample std over seeds; bold: best mean per column."]
+                 f"{pm}sample std over seeds; " + ("bold: best mean per column." if bench_marks is None else
+                                                  _significance_note(bench_marks, signs))]
         if not n_col and seeds and not tex:
             notes.append(f"n = {seeds.pop()} seed(s) for every strategy.")
         if len(ours) < len(sub):
@@ -406,8 +422,27 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True) -> str:
                          f" {PAPER_RUNS} runs, std not published; PRS* = DLFL's re-run of PRS,"
                          " Ours + PRS = PRS with SSCA); for reference only, never bold.")
         blocks.append(_tex_block(esc(bench), pairs, lines, len(ours), notes) if tex
-                      else _md_block(bench, pairs, lines, n_col, notes))
+                      else _md_block(bench, pairs, lines, n_col, notes)
+                      + ("" if bench_marks is None else _against_table(bench_marks)))
     return "\n\n".join(blocks) + "\n"
+
+
+SIGNS = {"lower": " †", "higher": " ‡", "untested": " °"}  # significance marks after a cell (Markdown)
+TEST_NAMES = {"t-test": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+
+
+def _significance_note(marks: pd.DataFrame, signs: dict[str, str]) -> str:
+    """The footnote saying what bold and the marks mean, and which paired test was run."""
+    tested = marks[marks["mark"].isin(["same", "lower", "higher"])]
+    chosen = sorted(set(marks.loc[marks["chosen"], "against"]))
+    ref = f"{chosen[0]} (the reference row)" if chosen else "the best mean per column"
+    tests = ", ".join(f"{TEST_NAMES[name]} ({'>= 6' if name == 'wilcoxon' else '2-5'} paired seeds)"
+                      for name in sorted(set(tested["test"]), reverse=True))
+    alpha = marks["alpha"].iloc[0] if len(marks) else 0.05
+    return (f"bold: {ref} and the rows not significantly different from it (paired by seed, two-sided "
+            f"{tests}, alpha = {alpha:g}); {signs['lower'].strip()} significantly lower, "
+            f"{signs['higher'].strip()} significantly higher, {signs['untested'].strip()} fewer than 2 seeds "
+            f"paired with the reference (not tested).")
 
 
 def _md_block(bench: str, pairs: list, lines: list, n_col: bool, notes: list) -> str:
@@ -437,21 +472,25 @@ def _tex_block(bench: str, pairs: list, lines: list, n_ours: int, notes: list) -
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"])
 
 
-def to_markdown(table: pd.DataFrame, n_note: bool = True) -> str:
+def to_markdown(table: pd.DataFrame, n_note: bool = True, marks: pd.DataFrame | None = None) -> str:
     """A :func:`final_table` in the paper's layout, one Markdown table per benchmark.
 
     Rows: strategies; columns: majority / moderate / minority / overall x metrics. Cells "mean ± std"
     (one decimal; "mean" alone when n = 1 or std is unknown); the best mean per column (rows
     labelled ``"paper: ..."`` excluded; none when all rows tie) in bold. The number of
     seeds is a note when every strategy has the same n and ``n_note``, otherwise an "n" column.
+    With ``marks`` (:func:`cml_bench.significance.compare_to_reference`), bold is the reference and
+    every row not significantly different from it, and the other tested cells carry a mark
+    (:data:`SIGNS`).
     """
-    return _render(table, tex=False, n_note=n_note)
+    return _render(table, tex=False, n_note=n_note, marks=marks)
 
 
-def to_latex(table: pd.DataFrame) -> str:
+def to_latex(table: pd.DataFrame, marks: pd.DataFrame | None = None) -> str:
     """A :func:`final_table` as booktabs LaTeX tables (one per benchmark), same rules as
-    :func:`to_markdown`: best per column in \\textbf{}, ± as $\\pm$, an n column."""
-    return _render(table, tex=True)
+    :func:`to_markdown`: best per column in \\textbf{}, ± as $\\pm$, an n column, significance
+    marks as superscript dagger, double dagger, circle."""
+    return _render(table, tex=True, marks=marks)
 
 
 def _flat(frame: pd.DataFrame, row: str) -> pd.DataFrame:
@@ -474,8 +513,8 @@ def forgetting_table(df: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(mean="mean", std="std", n="count").reset_index()
 
 
-def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
-                      compare: bool = False) -> str:
+def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compare: bool = False,
+                      against: str | None = None, alpha: float = 0.05, bootstrap: int = 200) -> str:
     """Load the runs under ``root`` and write the leaderboard into ``out_dir`` (default: ``root``).
 
     Writes all_metrics.csv (every row of every run, long format), forgetting.csv (see
@@ -493,16 +532,25 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
     df = runs.frame
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    tables, flats = [], []
+    if against is not None and against not in set(df["strategy"]):
+        raise ValueError(f"--against {against}: no such strategy under {root}; there are: "
+                         f"{', '.join(strategy_order(df['strategy']))}.")
+    tables, flats, all_marks, notes = [], [], [], []
     for family, rows in _by_family(df):  # one table per metric family: its own columns
         table = final_table(rows, *FAMILY_COLUMNS[family])
+        seeds = per_seed_table(rows, *FAMILY_COLUMNS[family])
+        marks, missing = significance.add_bootstrap(significance.compare_to_reference(seeds, alpha, against),
+                                                    seeds, lambda run: _scores(root, run), bootstrap)
+        all_marks.append(marks)
+        notes += missing
         if compare and family == "continual":
             refs = [compare_rows(b).reindex(columns=table.columns) for b in table.index.unique(0)]
             table = pd.concat([table] + [r for r in refs if len(r)]).sort_index()
-        parts = [_flat(per_seed_table(rows, *FAMILY_COLUMNS[family]), "seed")]
+        parts = [_flat(seeds, "seed")]
         parts += [_flat(table.xs(s, axis=1, level="stat"), s) for s in STATS]
         tables.append(table)
-        flats.append(pd.concat(parts, ignore_index=True))
+        flats.append(pd.concat(parts, ignore_index=True).merge(_mark_columns(marks), how="left",
+                                                               on=["benchmark", "strategy", "row"]))
     flat = pd.concat(flats, ignore_index=True)
     config_of = df.drop_duplicates(["benchmark", "strategy"]).set_index(["benchmark", "strategy"])["config"]
     flat = flat.assign(reference=flat["strategy"].str.startswith(REFERENCE_PREFIX),
@@ -521,17 +569,25 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None,
         plots.plot_matrix(continual, out / "plot_matrix.png")
         plots.plot_groups(continual, out / "plot_groups.png")
 
+    figures = _campaign_figures(root, df, out)
     old = superseded_runs(df)
     md = [f"# Leaderboard: {df['run'].nunique() - len(old)} runs under `{root}`", ""]
-    md += [to_markdown(table) for table in tables]
+    marks = pd.concat(all_marks, ignore_index=True)
+    marks.to_csv(out / "significance.csv", index=False, float_format="%.6g")
+    md += [to_markdown(table, marks=m) for table, m in zip(tables, all_marks)]
+    if notes:
+        md.append("\n".join(f"- {n}" for n in notes) + "\n")
+    if continual is not None and (continual["metric"] == AUC_METRIC).any():
+        md.append(_anytime_markdown(continual, alpha, against))
     md += _notes(runs, old)
     if continual is not None:
         md.append("![mAP on all seen tasks after each task](plot_stream.png)\n\n"
                   "![mAP on task j after task i](plot_matrix.png)\n\n"
                   "![final mAP per class group](plot_groups.png)\n")
+    md += [f"![{what}]({name})\n" for name, what in figures]
     text = "\n".join(md)
     (out / "leaderboard.md").write_text(text)
-    (out / "leaderboard.tex").write_text("\n".join(to_latex(table) for table in tables))
+    (out / "leaderboard.tex").write_text("\n".join(to_latex(t, m) for t, m in zip(tables, all_marks)))
     return text
 
 
@@ -552,6 +608,89 @@ def _notes(runs: RunSet, old: list[str]) -> list[str]:
         notes.append(f"{len(runs.legacy)} run(s) have no checksum of their metrics.csv in a manifest (written "
                      f"before cml_bench recorded one, or not by cml_bench): read unchecked.\n")
     return notes
+
+
+def run_files(root: Path, df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The newest runs' ``name`` files (``anytime.csv``, ``memory.csv``) concatenated, with a ``run``
+    column; empty when no run has one (runs from before they existed, or without replay / anytime)."""
+    runs = sorted(set(latest_runs(df)["run"]))
+    frames = [pd.read_csv(root / r / name).assign(run=r) for r in runs if (root / r / name).is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _campaign_figures(root: Path, df: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
+    """anytime.csv + plot_anytime.png and memory_shares.csv + plot_memory_<benchmark>.png, where the
+    runs recorded them; returns (file, caption) of each figure drawn."""
+    from cml_bench import plots
+
+    figures = []
+    anytime = run_files(root, df, ANYTIME_FILE)
+    if len(anytime):
+        anytime.to_csv(out / "anytime.csv", index=False)
+        plots.plot_anytime(anytime, out / "plot_anytime.png")
+        figures.append(("plot_anytime.png", "mAP during training (anytime evaluation)"))
+    memory = run_files(root, df, MEMORY_FILE)
+    if len(memory):
+        shares = memory_shares(memory)
+        shares.to_csv(out / "memory_shares.csv", index=False)
+        for bench, sub in shares.groupby("benchmark"):
+            name = f"plot_memory_{re.sub(r'[^A-Za-z0-9_.-]', '_', bench)}.png"
+            plots.plot_memory(sub, out / name)
+            figures.append((name, f"{bench}: replay memory composition"))
+    return figures
+
+
+def _anytime_markdown(df: pd.DataFrame, alpha: float, against: str | None) -> str:
+    """A_auc (anytime subsets) next to final mAP (full test sets), with the same significance marks."""
+    rows = df[df["strategy"].isin(set(df.loc[df["metric"] == AUC_METRIC, "strategy"]))]
+    columns = ((AUC_METRIC, "mAP"), ("all",))
+    marks = significance.compare_to_reference(per_seed_table(rows, *columns), alpha, against)
+    return ("## Anytime evaluation\n\nA_auc_mAP: area under the mAP-vs-samples curve of the anytime "
+            "evaluation (Koh et al., ICLR 2022; the seen tasks' test subsets of `eval.anytime_subset` "
+            "images), next to the final mAP on the full test sets.\n\n"
+            + to_markdown(final_table(rows, *columns), marks=marks))
+
+
+def _scores(root: Path, run: str) -> "significance.TestScores | None":
+    path = root / run / SCORES_FILE
+    return load_scores(path) if path.is_file() else None
+
+
+def _mark_columns(marks: pd.DataFrame) -> pd.DataFrame:
+    """Columns ``<group>_<metric>_mark`` and ``_p`` (the paired test's p) for the "mean" rows of the CSV."""
+    wide = marks.assign(col=marks["group"] + "_" + marks["metric"]).pivot(
+        index=["benchmark", "strategy"], columns="col", values=["mark", "p_value"])
+    order = list(dict.fromkeys(marks["group"] + "_" + marks["metric"]))
+    wide.columns = [f"{c}_{'mark' if kind == 'mark' else 'p'}" for kind, c in wide.columns]
+    wide = wide[[f"{c}_{k}" for c in order for k in ("mark", "p")]]
+    return wide.reset_index().assign(row="mean")
+
+
+def _against_table(marks: pd.DataFrame) -> str:
+    """Per benchmark, the headline overall column against its reference row: difference, paired
+    test, bootstrap interval over test images (Markdown)."""
+    metric = "mA" if "mA" in set(marks["metric"]) else "mAP"
+    out = []
+    for bench, m in marks[(marks["group"] == "all") & (marks["metric"] == metric)].groupby("benchmark", sort=False):
+        m = m[m["against"].notna()]
+        if m.empty:
+            continue
+        ref = m["against"].iloc[0]
+        level = 100 * (1 - 0.05)
+        lines = [f"#### {bench}: overall {metric} against {ref}", "",
+                 f"| strategy | difference (paired seeds) | paired test (pairs) | p | bootstrap {level:.0f}% CI (seeds) |",
+                 "|---|---:|---|---:|---|"]
+        rank = {s: i for i, s in enumerate(strategy_order(m["strategy"]))}
+        for r in sorted(m.itertuples(), key=lambda r: rank[r.strategy]):
+            if r.strategy == ref:
+                continue
+            ci = ("not available" if r.ci_seeds == 0 else
+                  f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}] ({r.ci_seeds})")
+            p = "" if np.isnan(r.p_value) else f"{r.p_value:.3g}"
+            diff = "" if np.isnan(r.diff) else f"{r.diff:+.1f}"
+            lines.append(f"| {r.strategy} | {diff} | {TEST_NAMES.get(r.test, '-')} ({r.n_pairs}) | {p} | {ci} |")
+        out.append("\n".join(lines))
+    return "".join("\n\n" + block for block in out)
 
 
 def _by_family(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

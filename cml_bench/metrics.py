@@ -41,6 +41,7 @@ __all__ = [
     "forgetting",
     "average_incremental",
     "CLASSES_DROPPED",
+    "area_under_curve",
 ]
 
 CLASSES_DROPPED = "classes_dropped"  # the count of classes without a positive that an evaluation left out
@@ -507,3 +508,25 @@ def average_incremental(matrix: Any) -> float:
     rows = np.tril(np.ones(m.shape, dtype=bool))
     step_means = np.where(rows, m, 0.0).sum(axis=1) / rows.sum(axis=1)
     return float(step_means.mean())
+
+
+def area_under_curve(samples: Any, values: Any) -> float:
+    """A_auc (Koh et al., ICLR 2022, "anytime inference"): the area under a metric-vs-samples curve,
+    as a mean over the stream.
+
+    Koh et al. evaluate every Δn stream samples and define A_auc = sum_i f(i Δn) Δn; divided by the
+    stream length k Δn it is in the metric's unit. With points at any samples x_1 < ... < x_k (x_0 =
+    0) this is sum_i f(x_i) (x_i - x_{i-1}) / x_k: each value stands for the samples since the
+    previous point (a right Riemann sum, as in their definition).
+
+    >>> area_under_curve([10, 20, 40], [20.0, 40.0, 60.0])
+    45.0
+    """
+    x, f = _to_numpy(samples).astype(np.float64), _to_numpy(values).astype(np.float64)
+    if x.ndim != 1 or x.shape != f.shape or x.size == 0:
+        raise ValueError(f"Expected `samples` and `values` to be 1-D of the same non-zero length, "
+                         f"but got shapes {x.shape} and {f.shape}.")
+    if x[0] <= 0 or (np.diff(x) <= 0).any():
+        raise ValueError("Expected `samples` to be positive and strictly increasing.")
+    widths = np.diff(np.concatenate([[0.0], x]))
+    return float((f * widths).sum() / x[-1])

@@ -126,3 +126,62 @@ def plot_groups(df: pd.DataFrame, path: str | Path) -> None:
             label.set(rotation=35, ha="right", rotation_mode="anchor")
     sns.move_legend(axes[0], "upper left", bbox_to_anchor=(1.01, 1), title="classes", frameon=False)
     _save(fig, path)
+
+
+def _task_lines(ax, ends: list[float]) -> None:
+    for x in ends[:-1]:  # where each task but the last ends, in stream samples
+        ax.axvline(x, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
+
+
+def plot_anytime(anytime: pd.DataFrame, path: str | Path) -> None:
+    """mAP on the seen tasks' (subsampled) test sets during training, against stream samples seen:
+    one line per strategy, mean over seeds with a +-1 sd band (one panel per benchmark); dotted
+    lines at task ends. ``anytime``: the runs' ``anytime.csv`` rows (newest run per seed)."""
+    d = anytime[(anytime["eval_on"] == "seen") & (anytime["group"] == "all") & (anytime["metric"] == "mAP")]
+    if d.empty:
+        raise ValueError("Nothing to plot: no anytime mAP rows (runs with eval.every set).")
+    benchmarks = sorted(d["benchmark"].unique())
+    strategies = strategy_order(d["strategy"])
+    fig, axes = _figure(5.5 * len(benchmarks) + 2.2, 3.8, 1, len(benchmarks))
+    for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
+        sub = d[d["benchmark"] == bench]
+        sns.lineplot(data=sub, x="samples", y="value", hue="strategy", hue_order=strategies,
+                     palette=_palette(strategies), errorbar="sd", ax=ax, legend=i == len(benchmarks) - 1)
+        _task_lines(ax, sorted(set(sub["task_end_samples"])))
+        ax.set(title=bench, xlabel="stream samples seen", ylabel="mAP on the seen tasks (%)")
+        ax.grid(alpha=0.3)
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="strategy (mean ± sd)", frameon=False)
+    _save(fig, path)
+
+
+def plot_memory(shares: pd.DataFrame, path: str | Path) -> None:
+    """What the replay memory held over the stream, for one benchmark: per class group (panels), the
+    share of the memory's label occurrences for each replay strategy (mean over seeds, +-1 sd band),
+    beside the stream's own share so far (dashed) and PRS's target n_c^rho (dotted).
+    ``shares``: :func:`cml_bench.recording.memory_shares` rows of one benchmark."""
+    if shares.empty:
+        raise ValueError("Nothing to plot: no memory.csv rows (replay runs write them).")
+    groups = [g for g in ("majority", "moderate", "minority") if g in set(shares["group"])]
+    strategies = strategy_order(shares["strategy"])
+    fig, axes = _figure(4.2 * len(groups) + 2.4, 3.6, 1, len(groups))
+    ends = sorted(shares[shares["point"] == "task"].groupby("task")["samples"].max())
+    for i, (ax, group) in enumerate(zip(axes, groups)):
+        sub = shares[shares["group"] == group]
+        sns.lineplot(data=sub, x="samples", y="memory", hue="strategy", hue_order=strategies,
+                     palette=_palette(strategies), errorbar="sd", ax=ax, legend=False)
+        # the stream and the target depend on the data order only: the same for every strategy of a seed
+        ref = sub.groupby("samples")[["stream", "target"]].mean().reset_index()
+        ax.plot(ref["samples"], ref["stream"], color="black", linestyle="--", linewidth=1.2)
+        ax.plot(ref["samples"], ref["target"], color="0.45", linestyle=":", linewidth=1.6)
+        _task_lines(ax, ends)
+        ax.set(title=f"{group} classes", xlabel="stream samples seen", ylabel="share of label occurrences (%)")
+        ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    colours = _palette(strategies)
+    handles = [Line2D([], [], color=colours[s], label=f"{s}: memory") for s in strategies]
+    handles += [Line2D([], [], color="black", linestyle="--", label="stream so far"),
+                Line2D([], [], color="0.45", linestyle=":", linewidth=1.6, label="PRS target n_c^rho")]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.suptitle(f"{shares['benchmark'].iloc[0]}: what the replay memory held (mean ± sd over seeds)")
+    _save(fig, path)

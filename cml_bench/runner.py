@@ -8,7 +8,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,8 @@ from cml_bench.checkpoint import CheckpointError, load_checkpoint, restore_check
 from cml_bench.identity import run_identity
 from cml_bench.results import (RunLock, cleanup_partials, find_partial, finish_run, manifest, set_aside, start_run,
                                summary_table)
+from cml_bench.recording import RunRecorder, check_loggers
+from cml_bench.replay import OnlineReplayPlugin
 from cml_bench.store import record_store_use
 from cml_bench.strategy import StrategyContext, StrategySpec
 from cml_bench.stream import BenchmarkSpec, MultiLabelBenchmark, joint_experience
@@ -109,7 +111,8 @@ def build_benchmark(config: RunConfig) -> MultiLabelBenchmark:
 
 
 def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | None = None,
-        log=print, resume: bool = True, lock_wait_s: float = 0.0) -> RunResult:
+        log=print, resume: bool = True, lock_wait_s: float = 0.0,
+        loggers: Sequence[str] = ()) -> RunResult:
     """Train ``config.strategy`` on ``config.benchmark`` and write the run folder under ``out``.
 
     A checkpoint is written after every task into the run's hidden staging folder; with
@@ -117,6 +120,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     :func:`~cml_bench.identity.run_identity` continues after its last finished task. The working
     folder is locked while the run works in it; ``lock_wait_s`` is how long to wait for a lock held
     on another host to go stale (a run whose node died) before giving up.
+    ``loggers``: Avalanche loggers to feed as well (``tensorboard``, ``wandb``; ``cml_bench/recording.py``).
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
@@ -135,12 +139,17 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     eval_size = image_hw(config.eval.image_size, "eval.image_size") or train_size
     for size in {train_size, eval_size} - {None}:  # fail before training, not at the first evaluation
         model.backbone.check_input_size(size)
-    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device,
-                                  plugins=plugins + [ProgressPlugin()], seed=config.seed, image_size=train_size)
     evaluator = Evaluator(benchmark, config.eval, device,
                           labels={"benchmark": meta.name, "strategy": label, "seed": config.seed},
                           image_size=eval_size, precision=config.train.precision,
                           channels_last=config.train.channels_last)
+    check_loggers(loggers)
+    recorder = RunRecorder(evaluator, config.eval, [p for p in plugins if isinstance(p, OnlineReplayPlugin)],
+                           seed=config.seed, batch_size=config.train.batch_size, joint=spec.joint,
+                           epochs=config.train.epochs)
+    plugins.append(recorder)  # after the strategy's plugins (the memory has taken the step); checkpointed
+    strategy = MultiLabelTemplate(model=model, cfg=config.train, device=device,
+                                  plugins=plugins + [ProgressPlugin()], seed=config.seed, image_size=train_size)
 
     identity = run_identity(config, torch.get_num_threads())
     notes: list[str] = []
@@ -165,9 +174,10 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
         lock = RunLock(staging).acquire()
         log(f"{label} on {meta.name}: {meta.num_tasks} task{'s' * (meta.num_tasks != 1)}, {meta.num_classes} classes, "
             f"seed {config.seed}, device {device}")
+    recorder.open_loggers(loggers, staging, f"{label}-seed{config.seed}", config.to_dict())
     try:
-        path = _train(config, out, benchmark, strategy, plugins, evaluator, spec, staging, done, identity, log,
-                      start, label)
+        path = _train(config, out, benchmark, strategy, plugins, evaluator, recorder, spec, staging, done, identity,
+                      log, start, label)
     except BaseException:
         lock.release()
         if not (staging / "checkpoint.pt").exists():  # nothing to resume from: leave nothing behind
@@ -182,13 +192,14 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
 
 
 def _train(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark, strategy: MultiLabelTemplate,
-           plugins: list, evaluator: Evaluator, spec: StrategySpec, staging: Path, done: int,
+           plugins: list, evaluator: Evaluator, recorder: RunRecorder, spec: StrategySpec, staging: Path, done: int,
            identity: dict[str, Any], log, start: float, label: str) -> Path:
     """Train the tasks after ``done`` (checkpointing each), then write the run folder; return it."""
     meta, model = benchmark.meta, strategy.model
     if spec.joint:
         strategy.train(joint_experience(benchmark))
         evaluator.after_task(model, meta.num_tasks - 1)
+        recorder.end_of_task(model, meta.num_tasks - 1)
     else:
         for experience in benchmark.train_stream:
             task = experience.current_experience
@@ -196,14 +207,17 @@ def _train(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark, s
                 continue
             strategy.train(experience)
             seen = evaluator.after_task(model, task)
+            recorder.end_of_task(model, task)
             log(f"  after task {task}: {evaluator.headline} on seen tasks {seen['all'][evaluator.headline]:.1f}")
             if task < meta.num_tasks - 1:
                 save_checkpoint(staging, task, strategy, plugins, evaluator, identity)
     evaluator.finish()
+    recorder.finish(staging)  # A_auc rows, anytime.csv, memory.csv, scores.npz; closes the loggers
     wall = time.perf_counter() - start
     extra = {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
              "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity,
-             "weights": model.backbone.weights_info}
+             "weights": model.backbone.weights_info,
+             "recording": {k: round(v, 3) for k, v in recorder.cost.items()}}
     if "store" in benchmark.extra:  # a prepared store: which one, and which images it left out
         extra["data"] = record_store_use(benchmark.extra["store"], staging)
     info = manifest(config, wall, extra)

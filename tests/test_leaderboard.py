@@ -253,7 +253,8 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     out = tmp_path / "board"
     md = lb.write_leaderboard(results, out, compare=True)
     names = {"leaderboard.csv", "leaderboard.md", "leaderboard.tex", "accuracy_matrix.csv",
-             "all_metrics.csv", "forgetting.csv", "plot_stream.png", "plot_matrix.png", "plot_groups.png"}
+             "all_metrics.csv", "forgetting.csv", "plot_stream.png", "plot_matrix.png", "plot_groups.png",
+             "significance.csv"}
     assert {p.name for p in out.iterdir()} == names and all((out / n).stat().st_size for n in names)
     assert (out / "leaderboard.md").read_text() == md
     assert "### cocoseq" in md and f"### {BENCH}" in md and "Ignored 2 older run(s)" in md
@@ -263,7 +264,9 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     assert md.count("| paper:") == 9  # only for cocoseq, not for synth-cocoseq
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board.columns) == ["benchmark", "strategy", "row", "seed", "run", "config", "reference"] + [
-        f"{g}_{m}" for g in ("majority", "moderate", "minority", "all") for m in ("CF1", "OF1", "mAP")]
+        f"{g}_{m}" for g in ("majority", "moderate", "minority", "all") for m in ("CF1", "OF1", "mAP")] + [
+        f"{g}_{m}_{k}" for g in ("majority", "moderate", "minority", "all") for m in ("CF1", "OF1", "mAP")
+        for k in ("mark", "p")]
     assert set(board["row"]) == {"seed", "mean", "std", "n"}
     assert board.loc[board.reference, "strategy"].str.startswith("paper: ").all()
     mean = board[(board.row == "mean") & (board.strategy == "prs") & (board.benchmark == BENCH)]

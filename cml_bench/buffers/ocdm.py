@@ -50,6 +50,18 @@ def xlogx(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def target_distribution(n_c: Any, rho: float) -> np.ndarray:
+    """float [M]: p_c = n_c^rho / sum_k n_k^rho over the classes seen so far (n_c > 0), 0 elsewhere;
+    the target of OCDM and PRS (PRS restricts the sum to the classes present in its memory)."""
+    n = np.asarray(n_c, dtype=float)
+    p = np.zeros(len(n))
+    seen = n > 0
+    if seen.any():
+        w = n[seen] ** rho
+        p[seen] = w / w.sum()
+    return p
+
+
 def check_rho(rho: Any) -> float:
     if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, (int, float, np.integer, np.floating)):
         raise ValueError(f"Expected argument `rho` to be a real number, but got {rho!r}.")
@@ -81,13 +93,7 @@ class OCDMBuffer(ReplayBuffer):
 
     def target(self) -> np.ndarray:
         """float [M]: the target distribution p over the classes seen so far (0 elsewhere)."""
-        n = np.array(self._n, dtype=float)
-        p = np.zeros(self._num_classes)
-        seen = n > 0
-        if seen.any():
-            w = n[seen] ** self.rho
-            p[seen] = w / w.sum()
-        return p
+        return target_distribution(self._n, self.rho)
 
     def _offer_rows(self, rows: np.ndarray) -> list[int | None]:
         labels = label_lists(rows)
