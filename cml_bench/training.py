@@ -117,6 +117,7 @@ class MultiLabelTemplate(SupervisedTemplate):
             x = augment_batch(x, self.augment, self.image_size, self.data_generator)
         else:
             x = resize_batch(x, self.image_size)
+        self.mb_input = x  # the batch as it entered the model: what a teacher must see (distillation)
         return self.model.forward_modules(x)
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs):
