@@ -48,12 +48,12 @@ class SynthMLCILOptions:
     classes: int = 20
     base: int = 0
     increment: int = 5
-    train_images: int = 1200
-    test_images: int = 400
-    image_size: int = 48
-    clutter: int = 2
-    sprite_min: int = 10
-    sprite_max: int = 14
+    train_images: int = 800
+    test_images: int = 300
+    image_size: int = 32
+    clutter: int = 1
+    sprite_min: int = 8
+    sprite_max: int = 12
     noise: float = 10.0
     data_seed: int = 0
 
