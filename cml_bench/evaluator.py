@@ -13,7 +13,10 @@ Recall and F1. A single-task stream is one experience: its ``task0`` and ``seen`
 and it has no forgetting rows. A benchmark may give an evaluation ignore mask per test experience,
 ``extra["eval_ignore"]`` (bool ``[N, M]`` or None; VOC's difficult pairs): those (image, class)
 pairs are left out of every metric (``metrics.multilabel_metrics(..., ignore=)``), in the task rows
-and in the 'seen' union.
+and in the 'seen' union. A benchmark whose test experiences share images (``mlcil``: an image is in
+every session whose classes it shows) says which rows of each join the 'seen' union,
+``extra["seen_rows"]`` (one index array per test experience), so each image counts once there;
+``mlcil`` runs also get ``avg_mAP``, the 'seen' mAP averaged over the sessions (``cml_bench.mlcil``).
 
 Conventions as PRS evaluates (``cml_bench.metrics``' docstring cites its code): a label is predicted
 iff its score is > ``eval.threshold`` (strictly), and a class with no positive in the evaluated test
@@ -30,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cml_bench import metrics
+from cml_bench import metrics, mlcil
 from cml_bench import scores as test_scores
 from cml_bench.augment import resize_batch
 from cml_bench.config import EvalConfig
@@ -44,8 +47,9 @@ FAMILY_METRICS = {
     "continual": MAIN_METRICS,
     "generic": MAIN_METRICS + tuple(f"{m}@{TOP_K}" for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")),
     "attribute": ATTRIBUTE_METRICS,
+    mlcil.KIND: MAIN_METRICS,
 }
-HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA"}
+HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA", mlcil.KIND: "mAP"}
 
 
 @torch.inference_mode()
@@ -155,6 +159,7 @@ class Evaluator:
         """Evaluate after training through task ``trained_through``; returns the 'seen' results."""
         meta = self.benchmark.meta
         seen_scores, seen_targets, seen_ignore, seen_classes = [], [], [], []
+        seen_rows = self.benchmark.extra.get("seen_rows")  # None: every row joins the union
         for j in range(trained_through + 1):
             exp = self.benchmark.test_stream[j]
             scores, targets = predict(model, exp.dataset, self.cfg.batch_size, self.device,
@@ -167,9 +172,10 @@ class Evaluator:
                     for metric, value in values.items():
                         if metric != metrics.CLASSES_DROPPED:  # a count, not a score: no forgetting
                             self._matrix(metric)[trained_through, j] = value
-            seen_scores.append(scores)
-            seen_targets.append(targets)
-            seen_ignore.append(ignore)
+            keep = slice(None) if seen_rows is None else np.asarray(seen_rows[j], dtype=np.int64)
+            seen_scores.append(scores[keep])
+            seen_targets.append(targets[keep])
+            seen_ignore.append(None if ignore is None else ignore[keep])
             seen_classes.extend(meta.task_classes[j])
         # the union's mask: each task's own, nothing ignored in a task without one
         union_ignore = None if all(m is None for m in seen_ignore) else np.concatenate(
@@ -208,6 +214,10 @@ class Evaluator:
     def finish(self) -> None:
         """Add forgetting rows (per task and mean) for every metric, from the task x task matrix."""
         last = self.benchmark.meta.num_tasks - 1
+        if self.benchmark.meta.kind == mlcil.KIND:  # NaN for a joint run: it has one evaluation point
+            self.rows.append({**self.labels, "trained_through_task": last, "eval_on": "seen", "group": "all",
+                              "metric": mlcil.AVERAGE_METRIC,
+                              "value": mlcil.session_average(self.rows, last + 1)})
         for metric, matrix in self.matrix.items():
             if np.isnan(matrix[:-1]).all():  # joint training has a single evaluation point
                 continue

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cml_bench import significance
+from cml_bench import mlcil, significance
 from cml_bench.evaluator import ATTRIBUTE_METRICS, HEADLINE_METRIC
 from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
 from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
@@ -41,6 +41,8 @@ FAMILY_COLUMNS = {
     "continual": (METRICS, GROUPS),
     "generic": (("mAP", "CF1", "OF1", "CF1@3", "OF1@3"), ("all",)),
     "attribute": (ATTRIBUTE_METRICS, ("all",)),
+    # MLCIL (KRT): average mAP over sessions, then mAP / CF1 / OF1 after the last session, forgetting
+    mlcil.KIND: ((mlcil.AVERAGE_METRIC, "mAP", "CF1", "OF1", "forgetting_mAP"), ("all",)),
 }
 REFERENCE_PREFIX = "paper: "  # strategy label of a published (reference) row; never ranked
 _STRATEGY_ORDER = ("multitask", "finetune", "ewc", "reservoir", "prs")  # the paper's row order
@@ -358,6 +360,18 @@ def compare_rows(benchmark_name: str) -> pd.DataFrame:
     return pd.DataFrame(data, index=index, columns=columns, dtype=float)
 
 
+def mlcil_compare_rows(benchmark_name: str, columns: pd.MultiIndex) -> pd.DataFrame:
+    """KRT's published numbers for an MLCIL stream (``cml_bench.mlcil.KRT_RESULTS``), as one row
+    ``"paper: KRT"`` with ``columns`` (a :func:`final_table`'s); cells KRT's tables give but are
+    not entered are NaN, std NaN, n NaN (not published). Empty for other streams."""
+    published = mlcil.KRT_RESULTS.get(benchmark_name)
+    index = pd.MultiIndex.from_tuples([(benchmark_name, REFERENCE_PREFIX + "KRT")] if published else [],
+                                      names=["benchmark", "strategy"])
+    row = [published.get(m, np.nan) if g == "all" and s == "mean" else np.nan for g, m, s in columns] \
+        if published else []
+    return pd.DataFrame([row] if published else [], index=index, columns=columns, dtype=float)
+
+
 def accuracy_matrix(df: pd.DataFrame) -> pd.DataFrame:
     """mAP (all classes) on task j's test set after training through task i, over seeds.
 
@@ -388,7 +402,8 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True, marks: pd.DataF
         best = {}
         for p in pairs:  # by the displayed (rounded) mean: ties are all bold, unless all tie
             means = sub.loc[ours, (*p, "mean")].round(1).dropna()
-            best[p] = means.max() if means.nunique() > 1 else None
+            low = p[1].startswith("forgetting_")  # forgetting: lower is better
+            best[p] = (means.min() if low else means.max()) if means.nunique() > 1 else None
         row_n = sub.xs("n", axis=1, level="stat").max(axis=1)
         seeds = set(row_n[ours].dropna().astype(int))
         n_col = not n_note or len(seeds) > 1
@@ -416,7 +431,16 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True, marks: pd.DataF
                                                   _significance_note(bench_marks, signs))]
         if not n_col and seeds and not tex:
             notes.append(f"n = {seeds.pop()} seed(s) for every strategy.")
-        if len(ours) < len(sub):
+        if any(m == mlcil.AVERAGE_METRIC for _, m in pairs):
+            notes.append(f"{mlcil.AVERAGE_METRIC}: mAP on the seen classes after each session, averaged over the"
+                         " sessions (KRT's average mAP; a joint run has none); mAP, CF1, OF1: after the last"
+                         " session; forgetting_mAP: mean over sessions of the best mAP on a session's"
+                         " classes before the last session minus the last.")
+            if len(ours) < len(sub):
+                notes.append(f"{REFERENCE_PREFIX}KRT: published numbers (Dong et al., ICCV 2023; TResNet-M"
+                             " pretrained on ImageNet-21k at 224 px), the headline cell of each stream only;"
+                             " for reference only, never bold.")
+        elif len(ours) < len(sub):
             notes.append(f"Rows labelled {REFERENCE_PREFIX}... are published numbers (DLFL paper,"
                          " Tables 7 and 8: ResNet-101 at 256 px on the real datasets, mean of"
                          f" {PAPER_RUNS} runs, std not published; PRS* = DLFL's re-run of PRS,"
@@ -543,8 +567,9 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
                                                     seeds, lambda run: _scores(root, run), bootstrap)
         all_marks.append(marks)
         notes += missing
-        if compare and family == "continual":
-            refs = [compare_rows(b).reindex(columns=table.columns) for b in table.index.unique(0)]
+        if compare and family in ("continual", mlcil.KIND):
+            refs = [compare_rows(b).reindex(columns=table.columns) if family == "continual"
+                    else mlcil_compare_rows(b, table.columns) for b in table.index.unique(0)]
             table = pd.concat([table] + [r for r in refs if len(r)]).sort_index()
         parts = [_flat(seeds, "seed")]
         parts += [_flat(table.xs(s, axis=1, level="stat"), s) for s in STATS]

@@ -448,12 +448,14 @@ class RunLock:
 # What the summary shows per metric family: the paper's continual columns; every metric of the
 # single-task families (the generic thresholded and top-3 scores, the attribute metrics).
 SUMMARY_METRICS = {"continual": ("CF1", "OF1", "mAP"), "generic": FAMILY_METRICS["generic"],
-                   "attribute": FAMILY_METRICS["attribute"]}
+                   "attribute": FAMILY_METRICS["attribute"], "mlcil": ("avg_mAP", "mAP", "CF1", "OF1")}
 
 
 def metric_family(frame: pd.DataFrame) -> str:
-    """``continual`` | ``generic`` | ``attribute``: which family a run's metric rows belong to."""
+    """``continual`` | ``generic`` | ``attribute`` | ``mlcil``: which family a run's metric rows belong to."""
     names = set(frame["metric"])
+    if "avg_mAP" in names:  # written by every MLCIL run (cml_bench.mlcil.AVERAGE_METRIC)
+        return "mlcil"
     return "attribute" if "mA" in names else "generic" if "CF1@3" in names else "continual"
 
 
@@ -470,11 +472,12 @@ def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] | None = None) -
     final = frame[(frame.trained_through_task == last) & (frame.eval_on == "seen")
                   & frame.metric.isin(metrics)]
     table = final.pivot_table(index="group", columns="metric", values="value", aggfunc="mean")
-    table = table.reindex([g for g in GROUP_ORDER if g in table.index])[list(metrics)]
+    # a metric a run could not compute (a joint run's avg_mAP: NaN) shows as a dash
+    table = table.reindex(index=[g for g in GROUP_ORDER if g in table.index], columns=list(metrics))
     table.index = ["overall" if g == "all" else g for g in table.index]
     lines = ["| group | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for group, row in table.iterrows():
-        lines.append(f"| {group} | " + " | ".join(f"{v:.1f}" for v in row.values) + " |")
+        lines.append(f"| {group} | " + " | ".join("–" if pd.isna(v) else f"{v:.1f}" for v in row.values) + " |")
     matrix = frame[(frame.metric == "mAP") & (frame.group == "all") & frame.eval_on.str.startswith("task")]
     if matrix.trained_through_task.nunique() > 1:
         pivot = matrix.pivot_table(index="trained_through_task", columns="eval_on", values="value")

@@ -44,7 +44,7 @@ class BenchmarkMeta:
         prs_rho: PRS power of allocation of the benchmark's protocol.
         joint_epochs: passes of the joint (multitask) reference over the union of all tasks in the
             benchmark's protocol; None = ``train.epochs``.
-        kind: ``continual`` | ``generic`` | ``attribute`` (which metric family applies).
+        kind: ``continual`` | ``generic`` | ``attribute`` | ``mlcil`` (which metric family applies).
     """
 
     name: str
@@ -126,8 +126,14 @@ def make_benchmark(
 
 
 def joint_experience(benchmark: MultiLabelBenchmark):
-    """One experience holding the union of every training task (the multitask upper bound)."""
+    """One experience holding the union of every training task (the multitask upper bound).
+
+    A benchmark whose tasks share images under partial labels (``mlcil``) gives the union with full
+    labels itself, as ``extra["joint_train"]``.
+    """
     benchmark_from_datasets, *_ = _avalanche()
+    if "joint_train" in benchmark.extra:
+        return benchmark_from_datasets(train=[as_avalanche_dataset(benchmark.extra["joint_train"], 0)]).train_stream[0]
     datasets = [exp.dataset for exp in benchmark.train_stream]
     union = datasets[0].concat(datasets[1]) if len(datasets) > 1 else datasets[0]
     for extra in datasets[2:]:

@@ -145,6 +145,7 @@ class MultiLabelTemplate(SupervisedTemplate):
             x = augment_batch(x, self.augment, self.image_size, self.data_generator)
         else:
             x = resize_batch(x, self.image_size)
+        self.mb_input = x  # the batch as it entered the model: what a teacher must see (distillation)
         with autocast(self.device, self.precision):
             out = self.model.forward_modules(model_input(x, self.channels_last))
         return out.float()  # a no-op in fp32

@@ -57,10 +57,11 @@ def write_coco_annotations(coco: Path, images: dict[str, list[tuple[int, list[in
             json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
 
 
-def make_coco_tree(root: Path) -> Path:
+def make_coco_tree(root: Path, images: dict[str, list[tuple[int, list[int]]]] = COCO_IMAGES,
+                   categories: dict[int, str] = COCO_CATEGORIES) -> Path:
     coco = root / "coco"
-    write_coco_annotations(coco, COCO_IMAGES, COCO_CATEGORIES)
-    for folder, rows in COCO_IMAGES.items():
+    write_coco_annotations(coco, images, categories)
+    for folder, rows in images.items():
         (coco / folder).mkdir(parents=True)
         for i, _ in rows:
             Image.new("RGB", (32, 24), _colour(i)).save(coco / folder / f"COCO_{folder}_{i:012d}.jpg")
@@ -75,11 +76,11 @@ VOC_SETS = {
 }
 
 
-def make_voc_tree(root: Path) -> Path:
+def make_voc_tree(root: Path, sets: dict[str, dict[str, tuple[list[int], list[int]]]] = VOC_SETS) -> Path:
     voc = root / "VOCdevkit" / "VOC2007"
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     (voc / "JPEGImages").mkdir()
-    for image_set, rows in VOC_SETS.items():
+    for image_set, rows in sets.items():
         for c, name in enumerate(voc2007.CLASSES):
             lines = [f"{i} {1 if c in pos else 0 if c in diff else -1:>2}" for i, (pos, diff) in rows.items()]
             (voc / "ImageSets" / "Main" / f"{name}_{image_set}.txt").write_text("\n".join(lines) + "\n")

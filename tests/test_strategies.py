@@ -32,6 +32,28 @@ def test_strategy_runs_with_head(name, head, tiny_layer, tmp_path):
     assert (result.path / "metrics.csv").is_file() and (result.path / "model.pt").is_file()
 
 
+TINY_MLCIL = {"classes": 6, "increment": 2, "train_images": 40, "test_images": 30, "image_size": 32,
+              "sprite_min": 5, "sprite_max": 8, "clutter": 1}
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_strategy_runs_on_the_mlcil_default(name, tmp_path):
+    """Every strategy on a tiny synth-mlcil: several epochs per session, masked labels, avg_mAP."""
+    config = resolve_config({"benchmark": {"name": "synth-mlcil", "options": TINY_MLCIL},
+                             "strategy": {"name": name}, "train": {"epochs": 2, "batch_size": 8},
+                             "eval": {"batch_size": 256}})
+    assert config.train.epochs == 2 and config.eval.threshold == 0.8
+    frame = pd.DataFrame(run(config, tmp_path, log=lambda *_: None).rows)
+    seen = frame[(frame.eval_on == "seen") & (frame.group == "all")]
+    final = dict(zip(seen[seen.trained_through_task == 2].metric, seen[seen.trained_through_task == 2].value))
+    assert 0.0 <= final["mAP"] <= 100.0 and {"CF1", "OF1"} <= set(final)
+    joint = STRATEGIES.get(name).joint
+    assert set(seen.trained_through_task) == ({2} if joint else {0, 1, 2})
+    assert math.isnan(final["avg_mAP"]) == joint
+    if not joint:
+        assert final["avg_mAP"] == pytest.approx(seen[seen.metric == "mAP"].value.mean())
+
+
 def test_ewc_learns_importances_from_multi_hot_targets(tiny_layer):
     """Avalanche's EWCPlugin with our BCE criterion: non-zero Fisher, penalty in the next task."""
     import torch
