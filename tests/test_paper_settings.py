@@ -243,7 +243,8 @@ def test_train_at_one_size_evaluate_at_another(tiny_layer, tmp_path, monkeypatch
 def test_fixed_size_backbone_with_another_test_size_fails_before_training(tiny_layer, tmp_path):
     options = {"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 2}
     layer = {**tiny_layer, "model": {"backbone": "swin_tiny_patch4_window7_224", "feature_level": -1,
-                                     "stem_pool": True, "backbone_options": options, "image_size": 64},
+                                     "stem_pool": True, "backbone_options": options, "image_size": 64,
+                                     "pretrained": False},
              "eval": {"image_size": 96}}
     with pytest.raises(ValueError, match="built for 64x64 inputs .* and got 96x96"):
         run(resolve_config(layer), tmp_path, log=lambda *_: None)

@@ -220,7 +220,7 @@ def test_thread_count_and_weights_file_are_part_of_the_identity(tiny_layer, tmp_
     assert run_identity(config, 1)["data"] == "synth-cocoseq generator 1"
     weights = tmp_path / "backbone.bin"
     weights.write_bytes(b"first weights")
-    config = resolve_config(tiny_layer, {"model": {"pretrained": True, "weights_path": str(weights)}})
+    config = resolve_config(tiny_layer, {"model": {"pretrained": True, "weights": None, "weights_path": str(weights)}})
     before = run_identity(config, 1)["weights"]
     weights.write_bytes(b"other weights, same path")
     assert before.startswith("sha256:") and run_identity(config, 1)["weights"] != before

@@ -86,7 +86,7 @@ def test_runs_written_before_new_config_keys_are_still_found(tiny_layer, tmp_pat
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.csv").write_text("x\n")
     old = config.to_dict()
-    for section, key in (("model", "image_size"), ("model", "backbone_options"), ("train", "head_lr"),
+    for section, key in (("model", "image_size"), ("model", "backbone_options"), ("train", "precision"),
                          ("train", "augment"), ("eval", "image_size")):
         del old[section][key]
     (run_dir / "config.yaml").write_text(yaml.safe_dump(old))

@@ -25,7 +25,7 @@ from cml_bench.sweep import Outcome, PlannedRun, Progress, SweepReport, expand_g
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"  # the CLI of this Python's Ray
-RUN_FILES = {"config.yaml", "manifest.json", "metrics.csv", "summary.md", "model.pt"}
+RUN_FILES = {"config.yaml", "manifest.json", "metrics.csv", "summary.md", "model.pt", "scores.npz", "memory.csv"}
 
 
 def _tiny_config(tiny_layer, tmp_path) -> Path:

@@ -190,7 +190,8 @@ class FeatureBackbone(nn.Module):
                 if meta.get(key) != want:
                     raise PretrainedWeightsError(
                         f"model.weights '{weights}' holds {meta.get('backbone')} feature level "
-                        f"{meta.get('feature_level')}, but the model is {name} feature level {level}.")
+                        f"{meta.get('feature_level')}, but the model is {name} feature level {level}: set "
+                        f"model.weights: null (timm's own weights) or model.pretrained: false.")
             missing, unexpected = self.body.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise PretrainedWeightsError(f"model.weights '{weights}' does not fit {name} (missing "
