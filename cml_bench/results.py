@@ -60,6 +60,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def manifest(config: RunConfig, wall_time_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to tell how a result was produced."""
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -74,6 +85,9 @@ def manifest(config: RunConfig, wall_time_s: float, extra: dict[str, Any] | None
         "versions": {p: _version(p) for p in ("cml-bench", "torch", "torchvision", "avalanche-lib",
                                               "timm", "numpy", "pandas")},
         "torch_threads": torch.get_num_threads(),
+        # the same seed and thread count give other numbers on a CPU whose kernels differ (AVX2 vs
+        # AVX-512): this says which ran (not part of the run identity: same experiment, other floats)
+        "cpu": {"model": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if torch.cuda.is_available():

@@ -226,6 +226,16 @@ def test_thread_count_and_weights_file_are_part_of_the_identity(tiny_layer, tmp_
     assert before.startswith("sha256:") and run_identity(config, 1)["weights"] != before
 
 
+def test_manifest_names_the_cpu_kernels_that_ran(tiny_layer):
+    """Same seed and threads, other CPU kernels (AVX2 / AVX-512): other floats; the manifest says which ran."""
+    import torch
+
+    from cml_bench.results import manifest
+    info = manifest(resolve_config(tiny_layer), 1.0)
+    assert info["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["cpu"]["model"] and info["torch_threads"] == torch.get_num_threads()
+
+
 # ---------------------------------------------------------------- 4. a cut metrics.csv is not finished
 
 
