@@ -9,7 +9,7 @@ and ``VOC2007/JPEGImages/<image id>.jpg``. Training set: trainval, 5,011 images;
 Difficult labels (``0``: the class is present only in objects marked difficult) follow ML-GCN, the
 common protocol: such a pair is a positive in training, and is left out of evaluation (its AP, and
 every count, skip it; ``metrics.multilabel_metrics(..., ignore=)``). The store keeps them as its
-``ignore`` mask; the benchmark passes the test mask to the evaluator as ``extra["eval_ignore"]``.
+``ignore`` mask; the benchmark passes the test mask to the evaluator as ``eval_ignore``.
 """
 from __future__ import annotations
 

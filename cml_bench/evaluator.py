@@ -11,11 +11,11 @@ Which metrics are computed depends on ``BenchmarkMeta.kind`` (:data:`FAMILY_METR
 top-3 variants (CP@3 ... OF1@3); ``attribute`` streams (pedestrian attributes) get mA, Accu, Prec,
 Recall and F1. A single-task stream is one experience: its ``task0`` and ``seen`` rows coincide
 and it has no forgetting rows. A benchmark may give an evaluation ignore mask per test experience,
-``extra["eval_ignore"]`` (bool ``[N, M]`` or None; VOC's difficult pairs): those (image, class)
+``benchmark.eval_ignore`` (bool ``[N, M]`` or None; VOC's difficult pairs): those (image, class)
 pairs are left out of every metric (``metrics.multilabel_metrics(..., ignore=)``), in the task rows
 and in the 'seen' union. A benchmark whose test experiences share images (``mlcil``: an image is in
 every session whose classes it shows) says which rows of each join the 'seen' union,
-``extra["seen_rows"]`` (one index array per test experience), so each image counts once there;
+``benchmark.seen_rows`` (one index array per test experience), so each image counts once there;
 ``mlcil`` runs also get ``avg_mAP``, the 'seen' mAP averaged over the sessions (``cml_bench.mlcil``).
 
 Conventions as PRS evaluates (``cml_bench.metrics``' docstring cites its code): a label is predicted
@@ -152,14 +152,14 @@ class Evaluator:
 
     def _ignore(self, task: int) -> np.ndarray | None:
         """Test task ``task``'s evaluation ignore mask (bool ``[N, M]``, VOC's difficult pairs), or None."""
-        masks = self.benchmark.extra.get("eval_ignore")
+        masks = self.benchmark.eval_ignore
         return None if masks is None or masks[task] is None else np.asarray(masks[task], dtype=bool)
 
     def after_task(self, model: torch.nn.Module, trained_through: int) -> dict[str, dict[str, float]]:
         """Evaluate after training through task ``trained_through``; returns the 'seen' results."""
         meta = self.benchmark.meta
         seen_scores, seen_targets, seen_ignore, seen_classes = [], [], [], []
-        seen_rows = self.benchmark.extra.get("seen_rows")  # None: every row joins the union
+        seen_rows = self.benchmark.seen_rows  # None: every row joins the union
         for j in range(trained_through + 1):
             exp = self.benchmark.test_stream[j]
             scores, targets = predict(model, exp.dataset, self.cfg.batch_size, self.device,

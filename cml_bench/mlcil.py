@@ -23,8 +23,8 @@ Learning", ICCV 2023; code github.com/witdsl/KRT-MLCIL: ``src/helper_functions/I
   after the last session at threshold 0.8 (KRT's ``calculate_metrics(..., thre=0.8)``).
 
 How it maps onto the platform: test experience j holds the test images with a class of session j
-(full labels); ``extra["seen_rows"][j]`` marks those whose first session is j, so the evaluator's
-'seen' union over j <= t is exactly KRT's seen test set, each image once. ``extra["joint_train"]``
+(full labels); ``benchmark.seen_rows[j]`` marks those whose first session is j, so the evaluator's
+'seen' union over j <= t is exactly KRT's seen test set, each image once. ``benchmark.joint_train``
 is the union of the sessions' images with their full labels: the multitask upper bound trains on it
 (not on the masked sessions, which would repeat images with partial labels).
 
@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cml_bench.store import Store
 from cml_bench.stream import BenchmarkMeta, MultiLabelBenchmark, MultiLabelTensorDataset, make_benchmark
 
 KIND = "mlcil"
@@ -109,12 +110,12 @@ ImageRows = Callable[[np.ndarray], Any]
 
 def build_stream(name: str, class_names: Sequence[str], sessions: Sequence[Sequence[int]], *,
                  train_images: ImageRows, train_labels: np.ndarray, test_images: ImageRows,
-                 test_labels: np.ndarray, buffer_size: int, **extra: Any) -> MultiLabelBenchmark:
+                 test_labels: np.ndarray, buffer_size: int, store: Store | None = None) -> MultiLabelBenchmark:
     """The MLCIL benchmark over full-label train and test pools (see the module docstring).
 
     ``train_labels`` / ``test_labels`` are the complete multi-hot labels ``[N, M]`` of every pool
-    image; ``train_images(rows)`` / ``test_images(rows)`` give the images of some rows. ``extra``
-    goes into ``benchmark.extra`` (e.g. ``store``).
+    image; ``train_images(rows)`` / ``test_images(rows)`` give the images of some rows; ``store`` is
+    the prepared store they come from, if any.
     """
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     train_sets, test_sets = session_rows(train_labels, sessions), session_rows(test_labels, sessions)
@@ -140,7 +141,7 @@ def build_stream(name: str, class_names: Sequence[str], sessions: Sequence[Seque
         default_buffer_size=int(buffer_size),
         kind=KIND,
     )
-    return make_benchmark(train, test, meta, seen_rows=seen_rows, joint_train=joint, **extra)
+    return make_benchmark(train, test, meta, store=store, seen_rows=seen_rows, joint_train=joint)
 
 
 def session_average(rows: Sequence[dict[str, Any]], num_sessions: int, metric: str = "mAP") -> float:

@@ -218,7 +218,7 @@ def _train(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark, s
              "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity,
              "weights": model.backbone.weights_info,
              "recording": {k: round(v, 3) for k, v in recorder.cost.items()}}
-    if "store" in benchmark.extra:  # a prepared store: which one, and which images it left out
-        extra["data"] = record_store_use(benchmark.extra["store"], staging)
+    if benchmark.store is not None:  # a prepared store: which one, and which images it left out
+        extra["data"] = record_store_use(benchmark.store, staging)
     info = manifest(config, wall, extra)
     return finish_run(staging, config, evaluator.rows, info, model_state=model.state_dict())

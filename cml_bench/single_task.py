@@ -8,7 +8,7 @@ experience, every class in it, no class groups; multi-epoch training through ``t
 
 An optional per-pair ``ignore`` mask (VOC's "difficult" labels) follows ML-GCN's protocol: an
 ignored pair is a positive in training, and is left out of evaluation. The benchmark hands the test
-masks to the evaluator as ``benchmark.extra["eval_ignore"]`` (one bool ``[N, M]`` array per test
+masks to the evaluator as ``benchmark.eval_ignore`` (one bool ``[N, M]`` array per test
 experience, in its dataset order; see ``metrics.multilabel_metrics(..., ignore=)``).
 """
 from __future__ import annotations

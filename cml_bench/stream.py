@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from cml_bench.registry import BENCHMARKS, decorator
+
+if TYPE_CHECKING:
+    from cml_bench.store import Store
 
 
 def _avalanche():
@@ -85,11 +88,28 @@ class MultiLabelTensorDataset(Dataset):
 
 @dataclass
 class MultiLabelBenchmark:
-    """An Avalanche scenario plus its metadata."""
+    """An Avalanche scenario plus its metadata, and what some streams tell the runner and evaluator.
+
+    Attributes:
+        scenario: the Avalanche scenario (experience k of each stream is task k).
+        meta: what strategies, the evaluator and the writer know about the stream.
+        store: the prepared store (:class:`cml_bench.store.Store`) the images are read from; the run's
+            manifest records which one and the images it left out. None: data made in memory.
+        eval_ignore: per test experience, a bool ``[N, M]`` mask (or None) of the (image, class) pairs
+            left out of every metric (VOC's difficult labels). None: every pair counts.
+        seen_rows: per test experience, the row indices that join the evaluator's 'seen' union, for
+            streams whose test experiences share images (MLCIL), so each image counts once there.
+            None: every row joins.
+        joint_train: the training set of the joint (multitask) reference, for streams where the union
+            of the tasks is not it (MLCIL: sessions repeat images with partial labels). None: the union.
+    """
 
     scenario: Any
     meta: BenchmarkMeta
-    extra: dict[str, Any] = field(default_factory=dict)
+    store: Store | None = None
+    eval_ignore: Sequence[np.ndarray | None] | None = None
+    seen_rows: Sequence[np.ndarray] | None = None
+    joint_train: Dataset | None = None
 
     @property
     def train_stream(self):
@@ -110,9 +130,12 @@ def as_avalanche_dataset(dataset: Dataset, task_label: int):
 
 
 def make_benchmark(
-    train: Sequence[Dataset], test: Sequence[Dataset], meta: BenchmarkMeta, **extra: Any
+    train: Sequence[Dataset], test: Sequence[Dataset], meta: BenchmarkMeta, **fields: Any
 ) -> MultiLabelBenchmark:
-    """Build the Avalanche scenario: experience k of each stream is task k (in stream order)."""
+    """Build the Avalanche scenario: experience k of each stream is task k (in stream order).
+
+    ``fields`` are :class:`MultiLabelBenchmark`'s optional ones (``store``, ``eval_ignore``, ...).
+    """
     if not (len(train) == len(test) == meta.num_tasks):
         raise ValueError(
             f"Expected {meta.num_tasks} train and test tasks, got {len(train)} and {len(test)}."
@@ -122,18 +145,18 @@ def make_benchmark(
         train=[as_avalanche_dataset(d, k) for k, d in enumerate(train)],
         test=[as_avalanche_dataset(d, k) for k, d in enumerate(test)],
     )
-    return MultiLabelBenchmark(scenario, meta, dict(extra))
+    return MultiLabelBenchmark(scenario, meta, **fields)
 
 
 def joint_experience(benchmark: MultiLabelBenchmark):
     """One experience holding the union of every training task (the multitask upper bound).
 
     A benchmark whose tasks share images under partial labels (``mlcil``) gives the union with full
-    labels itself, as ``extra["joint_train"]``.
+    labels itself, as ``joint_train``.
     """
     benchmark_from_datasets, *_ = _avalanche()
-    if "joint_train" in benchmark.extra:
-        return benchmark_from_datasets(train=[as_avalanche_dataset(benchmark.extra["joint_train"], 0)]).train_stream[0]
+    if benchmark.joint_train is not None:
+        return benchmark_from_datasets(train=[as_avalanche_dataset(benchmark.joint_train, 0)]).train_stream[0]
     datasets = [exp.dataset for exp in benchmark.train_stream]
     union = datasets[0].concat(datasets[1]) if len(datasets) > 1 else datasets[0]
     for extra in datasets[2:]:

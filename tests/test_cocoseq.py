@@ -150,7 +150,7 @@ def test_benchmark_streams_tasks_in_paper_order_from_the_map(prepared):
     x, y, t = dataset[0]
     assert x.dtype.__str__() == "torch.uint8" and tuple(x.shape) == (3, 32, 32) and int(t) == 1
     assert y[6] == 1 and y.sum() == 1
-    assert isinstance(bench.extra["store"].images, np.memmap)
+    assert isinstance(bench.store.images, np.memmap)
 
 
 def test_memmap_rows_read_one_row_and_pickle_without_data(prepared):

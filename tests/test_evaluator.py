@@ -92,7 +92,7 @@ def test_continual_rows_are_unchanged_by_the_families():
 
 
 def test_eval_ignore_mask_reaches_task_rows_and_the_seen_union():
-    """``extra["eval_ignore"]`` (one mask or None per test task) is left out of every metric."""
+    """``eval_ignore`` (one mask or None per test task) is left out of every metric."""
     bench, model = _bench("continual", tasks=2), FixedModel()
     scores, targets = predict(model, bench.test_stream[0].dataset, 100, "cpu")
     # ignore the highest-scoring negatives of task 0's classes: they change every count they are in
@@ -100,7 +100,7 @@ def test_eval_ignore_mask_reaches_task_rows_and_the_seen_union():
     cols = list(bench.meta.task_classes[0])
     masked_scores = np.where(targets[:, cols] == 0, scores[:, cols], -1.0)
     mask[:, cols] = masked_scores >= np.sort(masked_scores.ravel())[-5]
-    bench.extra["eval_ignore"] = [mask, None]
+    bench.eval_ignore = [mask, None]
     evaluator = Evaluator(bench, EvalConfig(threshold=float(np.median(scores))), "cpu", labels={})
     evaluator.after_task(model, 0)
     seen = evaluator.after_task(model, 1)

@@ -140,11 +140,11 @@ def test_coco_b0c10_sessions_masking_and_test_sets(coco_store):
         ids = _ids(data._datasets[0], store, "test")
         assert set(ids) == {300 + s} | ({400} if s in (0, 7) else set())
         # the 'seen' union takes image 400 from session 0 only (its first session)
-        assert sorted(ids[k] for k in bench.extra["seen_rows"][s]) == [300 + s] + ([400] if s == 0 else [])
+        assert sorted(ids[k] for k in bench.seen_rows[s]) == [300 + s] + ([400] if s == 0 else [])
         k400 = [k for k, i in enumerate(ids) if i == 400]
         assert all(_names(bench, data[k][1]) == {"airplane", "zebra"} for k in k400)
     # the multitask union: each image once, full labels; 202 (no annotation) and 401 nowhere
-    joint = bench.extra["joint_train"]
+    joint = bench.joint_train
     joint_ids = _ids(joint, store, "train")
     assert sorted(joint_ids) == sorted([100 + s for s in range(8)] + [200, 201])
     assert _names(bench, joint[joint_ids.index(201)][1]) == {"apple", "banana", "person"}
@@ -217,7 +217,7 @@ def test_voc_b0c4_difficult_objects_are_negatives(voc_store):
     bench = BENCHMARKS.get("voc-b0c4").build(StoreOptions(root=str(voc_store)))
     store = open_store(voc_store, "voc2007", voc2007.BUILDER_VERSION)
     assert [list(c) for c in bench.meta.task_classes] == [list(range(4 * s, 4 * s + 4)) for s in range(5)]
-    assert bench.meta.default_buffer_size == 100 and "eval_ignore" not in bench.extra
+    assert bench.meta.default_buffer_size == 100 and bench.eval_ignore is None
     train = [set(_ids(e.dataset._datasets[0], store, "train")) for e in bench.train_stream]
     assert train == [{"000010", "000100"}, {"000011"}, {"000012", "000103"}, {"000013", "000102"},
                      {"000014", "000102", "000103"}]
@@ -229,7 +229,7 @@ def test_voc_b0c4_difficult_objects_are_negatives(voc_store):
     data = bench.test_stream[1].dataset
     ids = _ids(data._datasets[0], store, "test")
     assert _names(bench, data[ids.index("000200")][1]) == {"bus"}  # the difficult aeroplane is a negative
-    joint_ids = set(_ids(bench.extra["joint_train"], store, "train"))
+    joint_ids = set(_ids(bench.joint_train, store, "train"))
     assert "000101" not in joint_ids and len(joint_ids) == 8
 
 
@@ -265,7 +265,7 @@ def test_short_run_on_the_coco_fixture_stream(coco_store, tmp_path):
 def test_synth_mlcil_shares_images_across_sessions():
     spec = BENCHMARKS.get("synth-mlcil")
     bench = spec.build(spec.options(**TINY_MLCIL))
-    joint = np.stack([y.numpy() for _, y in bench.extra["joint_train"]])
+    joint = np.stack([y.numpy() for _, y in bench.joint_train])
     assert joint.sum(1).min() >= 1 and (joint.sum(1) > 1).mean() > 0.4
     first = mlcil.first_session(joint, bench.meta.task_classes)
     spans = [len({s for s in range(4) if joint[i, list(bench.meta.task_classes[s])].any()}) for i in range(len(joint))]

@@ -161,7 +161,7 @@ def test_seq_store_and_benchmark(prepared):
     assert meta.task_classes[0] == (6, 7)  # stream position 0 is original task 3
     assert [len(e.dataset) for e in bench.train_stream] == [3, 3, 3, 3, 3, 2]  # task 2 (last) lost one image
     assert [len(e.dataset) for e in bench.test_stream] == [2, 2, 2, 2, 1, 2]
-    store = bench.extra["store"]
+    store = bench.store
     part = store.part("test", 1)
     for row, test_row in zip(range(part["start"], part["stop"]), part["ids"]):
         assert np.abs(store.images[row].reshape(3, -1).mean(axis=1) - _colour("test", test_row)).max() < 4

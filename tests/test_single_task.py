@@ -153,7 +153,7 @@ def test_coco_benchmark_is_one_generic_experience(coco_store):
     bench = _bench("coco2014", str(out))
     meta = bench.meta
     assert (meta.kind, meta.num_tasks, meta.task_classes, dict(meta.groups)) == ("generic", 1, ((0, 1, 2, 3, 4),), {})
-    assert meta.train_class_counts == (3, 1, 2, 1, 1) and bench.extra["eval_ignore"] is None
+    assert meta.train_class_counts == (3, 1, 2, 1, 1) and bench.eval_ignore is None
     assert len(bench.train_stream[0].dataset) == 5 and len(bench.test_stream[0].dataset) == 4
     x, y, t = bench.train_stream[0].dataset[1]
     assert tuple(x.shape) == (3, 32, 32) and y.tolist() == [1, 0, 1, 0, 0] and int(t) == 0
@@ -239,7 +239,7 @@ def test_voc_benchmark_difficult_positive_in_training_ignored_in_evaluation(voc_
     assert np.flatnonzero(y.numpy()).tolist() == [8, 14]
     _, y, _ = bench.test_stream[0].dataset[1]  # 000002: train positive, person difficult -> negative
     assert np.flatnonzero(y.numpy()).tolist() == [18]
-    (mask,) = bench.extra["eval_ignore"]
+    (mask,) = bench.eval_ignore
     assert mask.dtype == bool and mask.shape == (4, 20)
     assert [np.flatnonzero(r).tolist() for r in mask] == [[], [14], [], [8]]
 
@@ -264,7 +264,7 @@ def test_voc_run_metrics_leave_the_difficult_pairs_out(voc_store, tmp_path):
     model = build_model(config.model, bench.meta.num_classes)
     model.load_state_dict(torch.load(result.path / "model.pt"))
     scores, targets = predict(model, bench.test_stream[0].dataset, 50, "cpu")
-    (mask,) = bench.extra["eval_ignore"]
+    (mask,) = bench.eval_ignore
     expected = multilabel_metrics(scores, targets, ignore=mask) | topk_metrics(scores, targets, k=3, ignore=mask)
     for eval_on in ("task0", "seen"):
         rows = frame[(frame.eval_on == eval_on) & (frame.group == "all")]
