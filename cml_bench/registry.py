@@ -1,10 +1,11 @@
-"""Registries of strategies and benchmarks, filled by discovery.
+"""Registries of strategies, benchmarks and heads, filled by discovery.
 
 A plugin is a module in the ``strategies`` or ``benchmarks`` package installed with cml_bench (found
-by scanning that package's folder), in a third-party package that declares an entry point in the
-group ``cml_bench.strategies`` / ``cml_bench.benchmarks`` pointing at the module, or a ``*.py``
-file in a folder named explicitly (``--plugins DIR``, or ``$CML_BENCH_PLUGINS``: folders separated
-by ``os.pathsep``). Importing the module runs its ``@register`` calls. Nothing else is imported: a
+by scanning that package's folder; the built-in heads are in ``cml_bench.models``), in a third-party
+package that declares an entry point in the group ``cml_bench.strategies`` / ``cml_bench.benchmarks``
+/ ``cml_bench.heads`` pointing at the module, or a ``*.py`` file in a folder named explicitly
+(``--plugins DIR``, or ``$CML_BENCH_PLUGINS``: folders separated by ``os.pathsep``); one file may
+register any of the three. Importing the module runs its ``@register`` calls. Nothing else is imported: a
 ``strategies/`` or ``benchmarks/`` folder in the current directory (first on ``sys.path`` under
 ``python -m``) is never taken for the installed package, so running from a folder that happens to
 hold one neither executes its code nor hides the built-in plugins.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -34,9 +35,6 @@ so that sweep worker processes load the same plugins."""
 
 INSTALL_ROOT = Path(__file__).resolve().parent.parent
 """Where cml_bench is installed: its plugin packages ``strategies`` and ``benchmarks`` lie beside it."""
-
-HEADS = ("pooled", "cos", "ssca")
-"""Heads a strategy name can be suffixed with (``prs+ssca``); no suffix means ``pooled``."""
 
 
 class RegistryError(KeyError):
@@ -48,7 +46,11 @@ class RegistryError(KeyError):
 
 @dataclass
 class Registry(Generic[T]):
-    """Name -> entry mapping for one kind of plugin (strategies or benchmarks)."""
+    """Name -> entry mapping for one kind of plugin (strategies, benchmarks or heads).
+
+    ``names(pattern)`` sorts; iterating gives the names in the order they were registered (the
+    built-in heads: pooled, cos, ssca), and ``name in registry`` asks without raising.
+    """
 
     kind: str
     package: str
@@ -62,7 +64,8 @@ class Registry(Generic[T]):
         if name in self._entries:
             raise RegistryError(f"Duplicate {self.kind} name '{name}': it is registered twice.")
         if "+" in name:
-            raise RegistryError(f"{self.kind} name '{name}' must not contain '+' (reserved for heads).")
+            raise RegistryError(f"{self.kind} name '{name}' must not contain '+' (it joins a strategy and "
+                                f"its head: prs+ssca).")
         self._entries[name] = entry
         return entry
 
@@ -87,7 +90,7 @@ class Registry(Generic[T]):
             except Exception as err:  # noqa: BLE001 - remembered and raised when chosen
                 self._broken[short] = err
         if self.plugin_dirs:
-            for registry in (STRATEGIES, BENCHMARKS):  # every built-in first: a plugin file never displaces one
+            for registry in PLUGIN_REGISTRIES:  # every built-in first: a plugin file never displaces one
                 registry.discover()
             self._import_plugin_files()
 
@@ -104,9 +107,17 @@ class Registry(Generic[T]):
         self.discover()
         return dict(self._broken)
 
-    def get(self, name: str) -> T:
+    def __iter__(self) -> Iterator[str]:
         self.discover()
-        if name in self._entries:
+        return iter(list(self._entries))
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._entries:  # a registered name needs no scan: cml_bench.models registers its heads
+            self.discover()
+        return name in self._entries
+
+    def get(self, name: str) -> T:
+        if name in self:
             return self._entries[name]
         key = name.replace("-", "_")
         for module, err in self._broken.items():
@@ -129,6 +140,9 @@ class Registry(Generic[T]):
 
 STRATEGIES: Registry[Any] = Registry("strategy", "strategies", "cml_bench.strategies", plugin_dirs=True)
 BENCHMARKS: Registry[Any] = Registry("benchmark", "benchmarks", "cml_bench.benchmarks", plugin_dirs=True)
+HEADS: Registry[Any] = Registry("head", "cml_bench.models", "cml_bench.heads", plugin_dirs=True)
+"""Heads: ``model.head``, and the suffix of a strategy name (``prs+ssca``; none means ``pooled``)."""
+PLUGIN_REGISTRIES = (STRATEGIES, BENCHMARKS, HEADS)
 
 
 def import_plugin_package(name: str) -> ModuleType:
@@ -172,8 +186,8 @@ def plugin_folders() -> list[Path]:
 
 
 def add_plugin_folders(folders: list[str]) -> None:
-    """``--plugins DIR``: import every ``*.py`` in each folder (its ``@register`` calls add strategies or
-    benchmarks); recorded in ``$CML_BENCH_PLUGINS`` so worker processes load them too."""
+    """``--plugins DIR``: import every ``*.py`` in each folder (its ``@register`` calls add strategies,
+    benchmarks or heads); recorded in ``$CML_BENCH_PLUGINS`` so worker processes load them too."""
     for folder in folders:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--plugins '{folder}' is not a folder (expected a folder of plugin "
@@ -181,7 +195,7 @@ def add_plugin_folders(folders: list[str]) -> None:
     known = [str(p) for p in plugin_folders()]
     added = [str(Path(f).resolve()) for f in folders if str(Path(f).resolve()) not in known]
     os.environ[PLUGINS_ENV] = os.pathsep.join(known + added)
-    for registry in (STRATEGIES, BENCHMARKS):
+    for registry in PLUGIN_REGISTRIES:
         if registry._discovered:  # already scanned: add the new files now
             registry._import_plugin_files()
 

@@ -1,4 +1,4 @@
-"""Registries: discovery, suggestions, heads, duplicates, broken plugins, one-file plugins."""
+"""Registries: discovery, suggestions, heads, duplicates, broken plugins, one-file plugins (strategies, heads)."""
 from __future__ import annotations
 
 import sys
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from cml_bench.registry import BENCHMARKS, STRATEGIES, Registry, RegistryError, split_head
+from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, Registry, RegistryError, split_head
 
 BUILTIN = {"finetune", "ewc", "reservoir", "prs", "multitask"}
 
@@ -120,3 +120,61 @@ def test_third_party_strategy_through_entry_point(tmp_path, monkeypatch):
     finally:
         STRATEGIES._entries.pop("entry-strat", None)
         sys.modules.pop("thirdparty_cl", None)
+
+
+HEAD_PLUGIN = '''
+"""A head in one file: global max pooling and a linear classifier."""
+import torch
+from torch import nn
+
+from cml_bench.models import Head, register_head
+
+
+@register_head("maxpool", description="global max pooling and a linear classifier (test plugin)")
+class MaxPooledHead(Head):
+    def __init__(self, channels: int, num_labels: int):
+        super().__init__()
+        self.max_classifier = nn.Linear(channels, num_labels)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.max_classifier(fmap.amax((2, 3))).unsqueeze(0)
+'''
+
+
+def test_plugin_file_head_runs_with_any_strategy(tmp_path, monkeypatch, tiny_layer, capsys):
+    """A head defined in a --plugins file is a strategy suffix at once; a typo of it is suggested."""
+    import torch
+    import yaml
+
+    from cml_bench import registry
+    from cml_bench.cli import main
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "max_head.py").write_text(HEAD_PLUGIN)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_layer))
+    run = ["run", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "out")]
+    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
+    try:
+        assert main(["--plugins", str(tmp_path / "plugins"), *run, "--strategy", "finetune+maxpool"]) == 0
+        (folder,) = (tmp_path / "out" / "synth-cocoseq" / "finetune+maxpool").glob("seed0-*")
+        assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["head"] == "maxpool"
+        state = torch.load(folder / "model.pt", weights_only=True)
+        assert {k for k in state if k.startswith("head.")} == {"head.max_classifier.weight", "head.max_classifier.bias"}
+        capsys.readouterr()
+        assert main([*run, "--strategy", "finetune+maxpol"]) == 2
+        assert capsys.readouterr().err == ("error: Unknown head suffix '+maxpol' in 'finetune+maxpol'. Did you mean "
+                                           "'+maxpool'? Available heads: +cos, +ssca, +maxpool (none = pooled).\n")
+        assert main(["list"]) == 0
+        assert "Heads: pooled, cos, ssca, maxpool (pooled is the default)" in capsys.readouterr().out
+    finally:
+        HEADS._entries.pop("maxpool", None)
+        sys.modules.pop("cml_bench_plugin_max_head", None)
+        registry._PLUGIN_FILES.pop((tmp_path / "plugins" / "max_head.py").resolve(), None)
+
+
+def test_a_head_must_be_a_head_class():
+    from cml_bench.models import register_head
+
+    with pytest.raises(TypeError, match=r"@register_head\('plain'\).*expected a subclass of cml_bench.models.Head"):
+        register_head("plain")(lambda channels, num_labels: None)
+    assert "plain" not in HEADS.names()

@@ -1,4 +1,4 @@
-"""Models: a timm feature-map backbone plus one of three heads (pooled, cos, ssca)."""
+"""Models: a timm feature-map backbone plus a registered head (built in: pooled, cos, ssca)."""
 from __future__ import annotations
 
 import torch
@@ -6,11 +6,13 @@ from torch import nn
 
 from cml_bench.config import ModelConfig, image_hw
 from cml_bench.models.backbone import FeatureBackbone, PretrainedWeightsError
-from cml_bench.models.heads import CosineHead, NormalizedClassifier, PooledHead
+from cml_bench.models.heads import CosineHead, Head, HeadSpec, NormalizedClassifier, PooledHead, register_head
 from cml_bench.models.ssca import SSCAHead
+from cml_bench.registry import HEADS
 
-__all__ = ["MultiLabelNet", "build_model", "FeatureBackbone", "PretrainedWeightsError",
-           "PooledHead", "CosineHead", "SSCAHead", "NormalizedClassifier", "count_parameters"]
+__all__ = ["MultiLabelNet", "build_model", "build_head", "FeatureBackbone", "PretrainedWeightsError", "Head",
+           "HeadSpec", "register_head", "PooledHead", "CosineHead", "SSCAHead", "NormalizedClassifier",
+           "count_parameters"]
 
 
 class MultiLabelNet(nn.Module):
@@ -32,14 +34,11 @@ class MultiLabelNet(nn.Module):
         return self.head.label_features(self.backbone(x))
 
 
-def build_head(cfg: ModelConfig, channels: int, num_labels: int) -> nn.Module:
-    if cfg.head == "pooled":
-        return PooledHead(channels, num_labels)
-    if cfg.head == "cos":
-        return CosineHead(channels, num_labels, cfg.gamma)
-    if cfg.head == "ssca":
-        return SSCAHead(channels, num_labels, cfg.ssca_modules, cfg.gamma, cfg.ssca_dim)
-    raise ValueError(f"Unknown model.head '{cfg.head}'. Available: cos, pooled, ssca.")
+def build_head(cfg: ModelConfig, channels: int, num_labels: int) -> Head:
+    """The registered head ``cfg.head`` for a ``channels``-channel feature map and ``num_labels`` labels."""
+    if cfg.head not in HEADS:
+        raise ValueError(f"Unknown model.head '{cfg.head}'. Available: {', '.join(HEADS)}.")
+    return HEADS.get(cfg.head).build.from_config(cfg, channels, num_labels)
 
 
 def build_model(cfg: ModelConfig, num_labels: int) -> MultiLabelNet:

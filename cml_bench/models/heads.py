@@ -1,13 +1,73 @@
-"""The two pooled heads: plain linear (``pooled``) and normalised classifier (``cos``).
+"""The head plugin API (``@register_head``) and the two pooled heads: plain linear (``pooled``) and
+normalised classifier (``cos``).
 
 Every head maps a feature map ``[N, C, H, W]`` to per-module logits ``[S, N, M]`` (S = 1 for pooled
-heads); the final prediction is the mean over modules and the loss is summed over modules.
+heads); the final prediction is the mean over modules and the loss is summed over modules. A head is
+one class, registered by name, which is then ``model.head`` and the strategy suffix (``prs+cos``)::
+
+    @register_head("max", description="global max pooling and a linear classifier")
+    class MaxPooledHead(Head):
+        def __init__(self, channels: int, num_labels: int):
+            super().__init__()
+            self.classifier = nn.Linear(channels, num_labels)
+
+        def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+            return self.classifier(fmap.amax((2, 3))).unsqueeze(0)
+
+``from_config`` builds it from the model section (override it to read ``model.gamma`` and the like);
+``label_features`` is what ``python -m cml_bench angles`` measures, needed only there.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cml_bench.registry import HEADS, decorator
+
+if TYPE_CHECKING:
+    from cml_bench.config import ModelConfig
+
+
+class Head(nn.Module):
+    """A classification head: ``forward(fmap [N, C, H, W]) -> logits [S, N, M]`` (S modules).
+
+    ``label_features(fmap)`` -> (the features the classifier scores, ``[N, C]`` shared or
+    ``[N, M, C]`` per label, and its weights ``[M, C]``) serves the angle diagnostics.
+    """
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, channels: int, num_labels: int) -> Head:
+        """The head for a ``channels``-channel feature map and ``num_labels`` labels; a head with
+        settings of its own reads them from ``cfg`` (the model section)."""
+        return cls(channels, num_labels)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A registered head.
+
+    Attributes:
+        name: registry name: ``model.head`` and the suffix of a strategy name (``prs+ssca``).
+        build: the :class:`Head` subclass; ``build.from_config(cfg, channels, num_labels)`` makes one.
+        description: one line for ``list``.
+    """
+
+    name: str
+    build: type[Head]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.build, type) and issubclass(self.build, Head)):
+            raise TypeError(f"@register_head('{self.name}') decorates {self.build!r}: expected a subclass of "
+                            f"cml_bench.models.Head (its from_config builds the head from the model config).")
+
+
+register_head = decorator(HEADS, HeadSpec)
+"""``@register_head("name", description=...)`` on a :class:`Head` subclass."""
 
 
 class NormalizedClassifier(nn.Module):
@@ -31,7 +91,8 @@ class NormalizedClassifier(nn.Module):
         return self.gamma * (f * w).sum(-1)
 
 
-class PooledHead(nn.Module):
+@register_head("pooled", description="global average pooling and a linear classifier (the default)")
+class PooledHead(Head):
     """Global average pooling and a linear classifier: the baseline every paper compares with."""
 
     def __init__(self, channels: int, num_labels: int):
@@ -46,7 +107,8 @@ class PooledHead(nn.Module):
         return self.classifier(fmap.mean((2, 3))).unsqueeze(0)
 
 
-class CosineHead(nn.Module):
+@register_head("cos", description="global average pooling and a normalised classifier (model.gamma)")
+class CosineHead(Head):
     """Global average pooling and a normalised classifier with scale gamma (the ``+cos`` control).
 
     It has SSCA's classifier without its attention, so comparing the two separates what the
@@ -56,6 +118,10 @@ class CosineHead(nn.Module):
     def __init__(self, channels: int, num_labels: int, gamma: float = 30.0):
         super().__init__()
         self.classifier = NormalizedClassifier(channels, num_labels, gamma)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, channels: int, num_labels: int) -> CosineHead:
+        return cls(channels, num_labels, cfg.gamma)
 
     def label_features(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return fmap.mean((2, 3)), self.classifier.weight

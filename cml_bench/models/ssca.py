@@ -39,11 +39,15 @@ embedding and phi map C to ``dim``, theta and the out-projection act in ``dim``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from cml_bench.models.heads import NormalizedClassifier
+from cml_bench.models.heads import Head, NormalizedClassifier, register_head
+
+if TYPE_CHECKING:
+    from cml_bench.config import ModelConfig
 
 
 def projection(dim_in: int, dim_out: int) -> nn.Sequential:
@@ -75,7 +79,8 @@ class SSCAModule(nn.Module):
         return features, self.classifier(features)
 
 
-class SSCAHead(nn.Module):
+@register_head("ssca", description="DLFL's semantic spatial cross-attention (model.ssca_modules, ssca_dim, gamma)")
+class SSCAHead(Head):
     """S cascaded SSCA modules; ``forward`` returns per-module logits ``[S, N, M]``."""
 
     def __init__(self, channels: int, num_labels: int, num_modules: int = 1, gamma: float = 30.0,
@@ -88,6 +93,10 @@ class SSCAHead(nn.Module):
         nn.init.kaiming_normal_(self.queries)
         self.query_embed = projection(channels, dim)  # shared by the modules; see the module docstring
         self.blocks = nn.ModuleList(SSCAModule(dim, num_labels, gamma, channels) for _ in range(num_modules))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, channels: int, num_labels: int) -> SSCAHead:
+        return cls(channels, num_labels, cfg.ssca_modules, cfg.gamma, cfg.ssca_dim)
 
     def _run(self, fmap: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         tokens = fmap.flatten(2).transpose(1, 2)  # [N, P, C]; each module's phi projects them
