@@ -22,9 +22,10 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.cocoseq import coco_folder_hint, read_annotations
+from benchmarks.cocoseq import COCO_ROOT, coco_folder_hint, read_annotations
 from cml_bench import single_task
 from cml_bench.single_task import SingleTaskReport, SplitRows, register_single_task
+from cml_bench.stream import DataCommands
 
 BUILDER_VERSION = 1
 DEFAULT_SIZE = 448
@@ -72,4 +73,6 @@ def prepare(coco_root: str | Path, out: str | Path, *, size: int = DEFAULT_SIZE,
 
 register_single_task("coco2014", builder_version=BUILDER_VERSION, prepare_hint=PREPARE_HINT,
                      description="MS-COCO 2014, one task of 80 classes (82,081 / 40,504), "
-                                 "from `data prepare coco2014`")
+                                 "from `data prepare coco2014`",
+                     data=DataCommands("MS-COCO 2014, one task, 80 classes", inspect, prepare, (COCO_ROOT,),
+                                       size=DEFAULT_SIZE))

@@ -24,11 +24,11 @@ from typing import Callable
 
 import numpy as np
 
-from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, load_json, read_prs_lists,
-                                require_published_groups, write_report_store)
+from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, load_json, prs_list_options,
+                                read_prs_lists, require_published_groups, write_report_store)
 from cml_bench.prepared import read_splits as _read_prs_splits
 from cml_bench.store import open_prepared_store, require_folders
-from cml_bench.stream import register_benchmark
+from cml_bench.stream import DataCommands, SourceOption, register_benchmark
 
 BUILDER_VERSION = 1
 NUM_TASKS = 4
@@ -43,6 +43,8 @@ PROTOCOL = StreamProtocol(title="COCOseq", name="cocoseq", num_classes=70, train
                           test_counts=PROTOCOL_TEST, task_order=TASK_ORDER, group_sizes=PROTOCOL_GROUP_SIZES,
                           id_suffix="coco", prepare_hint=PREPARE_HINT)
 CocoseqReport = StreamReport  # the report of every stream; kept under its first name
+COCO_ROOT = SourceOption("--coco-root", "COCO 2014 folder: annotations/instances_{train,val}2014.json, train2014/, "
+                                        "val2014/")
 
 
 def read_splits(splits: str | Path) -> tuple[list[str], dict[tuple[str, int], list[int]]]:
@@ -142,6 +144,8 @@ class CocoseqOptions:
         "model": {"backbone": "resnet101", "pretrained": True, "feature_level": -1, "stem_pool": True},
         "train": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "grad_clip_value": 5.0},
     },
+    data=DataCommands("COCOseq (PRS): 4 tasks, 70 classes", inspect, prepare,
+                      (COCO_ROOT, *prs_list_options(PROTOCOL)), size=256),
 )
 def build(options: CocoseqOptions):
     store = open_prepared_store(options.root, PROTOCOL.name, BUILDER_VERSION, PREPARE_HINT, what=PROTOCOL.title)

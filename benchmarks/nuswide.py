@@ -34,11 +34,11 @@ from typing import Callable
 
 import numpy as np
 
-from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, read_prs_lists,
-                                require_published_groups, write_report_store)
+from cml_bench.prepared import (StreamProtocol, StreamReport, benchmark_from_store, prs_list_options,
+                                read_prs_lists, require_published_groups, write_report_store)
 from cml_bench.single_task import StoreOptions, register_single_task
 from cml_bench.store import open_prepared_store
-from cml_bench.stream import register_benchmark
+from cml_bench.stream import DataCommands, SourceOption, register_benchmark
 
 BUILDER_VERSION = 1
 SPLIT_FILES = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
@@ -48,6 +48,9 @@ SEQ_HINT = ("python -m cml_bench data prepare nuswideseq --nuswide-root NUS-WIDE
             "prs_splits/NUSWIDEseq --out STORE")
 SINGLE_HINT = "python -m cml_bench data prepare nuswide --nuswide-root NUS-WIDE --out STORE"
 SEQ_SIZE, SINGLE_SIZE = 256, 448  # PRS's input size; the generic protocol's (DLFL 4.1.3)
+NUSWIDE_ROOT = SourceOption("--nuswide-root", "NUS-WIDE folder: ImageList/{Train,Test}Imagelist.txt, TrainTestLabels/"
+                                              "Labels_<concept>_{Train,Test}.txt, Concepts81.txt, "
+                                              "Flickr/<concept>/<file>.jpg")
 
 # PROTOCOL.md (PRS release): ids per original task (the paper counts 48,724 training images on
 # disk of these 48,748 ids), group sizes, and rho. Official split: DLFL section 4.1.1.
@@ -226,7 +229,9 @@ PRS_DEFAULTS = {
 
 @register_benchmark("nuswideseq", options=NuswideseqOptions, defaults=PRS_DEFAULTS,
                     description="NUS-WIDEseq (PRS): 6 tasks, 49 classes, from a store made by "
-                                "`data prepare nuswideseq`")
+                                "`data prepare nuswideseq`",
+                    data=DataCommands("NUS-WIDEseq (PRS): 6 tasks, 49 classes", inspect_seq, prepare_seq,
+                                      (NUSWIDE_ROOT, *prs_list_options(SEQ)), size=SEQ_SIZE))
 def build_seq(options: NuswideseqOptions):
     store = open_prepared_store(options.root, SEQ.name, BUILDER_VERSION, SEQ_HINT, what=SEQ.title)
     return benchmark_from_store(store, SEQ, default_buffer_size=2000, prs_rho=0.02)
@@ -262,4 +267,6 @@ NuswideOptions = StoreOptions  # ``root``: the store written by ``data prepare n
 build_single = register_single_task(
     "nuswide", builder_version=BUILDER_VERSION, prepare_hint=SINGLE_HINT, what=SINGLE.title,
     description="NUS-WIDE: 81 concepts, official split as one task (generic), from a store made by "
-                "`data prepare nuswide`")
+                "`data prepare nuswide`",
+    data=DataCommands("NUS-WIDE, one task, 81 concepts", inspect_single, prepare_single, (NUSWIDE_ROOT,),
+                      size=SINGLE_SIZE))

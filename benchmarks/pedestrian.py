@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import pickle
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from cml_bench import single_task
 from cml_bench.store import BadImagesError, StorePart, write_store
-from cml_bench.stream import register_benchmark
+from cml_bench.stream import DataCommands, SourceOption, register_benchmark
 
 BUILDER_VERSION = 1
 IMAGE_SIZE = (256, 192)  # height, width: DLFL section 4.2.3 and Jia et al.'s configs
@@ -45,15 +46,19 @@ class AttributeDataset:
     num_attributes: int
     published: dict[str, int]
     layout: str  # what --root must hold, for error messages
+    root_help: str  # the same, for --help
 
 
 DATASETS = {
     "pa100k": AttributeDataset("pa100k", "PA-100K", 26, {"train": 80_000, "val": 10_000, "test": 10_000},
-                               "annotation.mat and the image folder data/"),
+                               "annotation.mat and the image folder data/",
+                               "PA-100K folder: annotation.mat and data/"),
     "rap_zs": AttributeDataset("rap_zs", "RAP_ZS", 53, {"train": 17_062, "val": 4_648, "test": 4_928},
-                               "dataset_zs_run0.pkl (Jia et al.'s RAPv2 zero-shot split) and RAP_dataset/"),
+                               "dataset_zs_run0.pkl (Jia et al.'s RAPv2 zero-shot split) and RAP_dataset/",
+                               "RAPv2 folder: dataset_zs_run0.pkl and RAP_dataset/"),
     "peta_zs": AttributeDataset("peta_zs", "PETA_ZS", 35, {"train": 11_241, "val": 3_826, "test": 3_933},
-                                "dataset_zs_run0.pkl (Jia et al.'s PETA zero-shot split) and images/"),
+                                "dataset_zs_run0.pkl (Jia et al.'s PETA zero-shot split) and images/",
+                                "PETA folder: dataset_zs_run0.pkl and images/"),
 }
 # the ``description`` field of Jia et al.'s pickles, and the image folder their ``root`` names
 ZS_SOURCE = {"rap_zs": ("rap2", "RAP_dataset"), "peta_zs": ("peta", "images")}
@@ -353,9 +358,23 @@ PAPER_DEFAULTS = {
               "plateau_patience": 4, "augment": "pedestrian"},
 }
 
+SPLIT_FILE = SourceOption("--split-file", "the zero-shot split pickle (default: ROOT/dataset_zs_run0.pkl)",
+                          metavar="FILE", required=False)
+
+
+def data_commands(spec: AttributeDataset) -> DataCommands:
+    """``data prepare|inspect <name>``: ``--root`` (and ``--split-file`` for the zero-shot splits)."""
+    zero_shot = spec.name in ZS_SOURCE
+    source = (SourceOption("--root", spec.root_help),) + ((SPLIT_FILE,) if zero_shot else ())
+    line = (f"{spec.title}{' (zero-shot split)' if zero_shot else ''}, one task, {spec.num_attributes} pedestrian "
+            f"attributes")
+    return DataCommands(line, partial(inspect, spec.name), partial(prepare, spec.name), source, size=IMAGE_SIZE)
+
+
 for _name, _spec in DATASETS.items():
     register_benchmark(
         _name, options=PedestrianOptions, defaults=PAPER_DEFAULTS,
         description=f"{_spec.title}: {_spec.num_attributes} pedestrian attributes, one task, from a store made "
                     f"by `data prepare {_name}`",
+        data=data_commands(_spec),
     )(lambda options, _n=_name: _build(_n, options))

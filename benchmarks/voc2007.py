@@ -20,6 +20,7 @@ import numpy as np
 
 from cml_bench import single_task
 from cml_bench.single_task import SingleTaskReport, SplitRows, register_single_task
+from cml_bench.stream import DataCommands, SourceOption
 
 BUILDER_VERSION = 1
 DEFAULT_SIZE = 448
@@ -31,6 +32,8 @@ EXPECTED = {"classes": 20, "train": 5011, "test": 4952}
 SOURCE = "the papers' numbers (DLFL 4.1.1, VOC 2007)"
 SETS = {"train": ("trainval", "VOCtrainval_06-Nov-2007.tar"), "test": ("test", "VOCtest_06-Nov-2007.tar")}
 PREPARE_HINT = "python -m cml_bench data prepare voc2007 --voc-root VOCdevkit --out STORE"
+VOC_ROOT = SourceOption("--voc-root", "VOCdevkit folder (VOC2007/ImageSets/Main, VOC2007/JPEGImages) of the trainval "
+                                      "and test archives")
 
 
 def find_voc2007(voc_root: str | Path) -> Path:
@@ -108,4 +111,6 @@ def prepare(voc_root: str | Path, out: str | Path, *, size: int = DEFAULT_SIZE, 
 
 register_single_task("voc2007", builder_version=BUILDER_VERSION, prepare_hint=PREPARE_HINT,
                      description="PASCAL VOC 2007, one task of 20 classes (5,011 / 4,952), "
-                                 "from `data prepare voc2007`")
+                                 "from `data prepare voc2007`",
+                     data=DataCommands("PASCAL VOC 2007, one task, 20 classes", inspect, prepare, (VOC_ROOT,),
+                                       size=DEFAULT_SIZE))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import textwrap
 from typing import Any, Sequence
@@ -429,7 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ConfigError, RegistryError, FileNotFoundError, FileExistsError, ValueError)
 
 
+def _plugin_folders(argv: Sequence[str]) -> list[str]:
+    """The folders ``--plugins`` names anywhere in ``argv``, read before the command line is parsed:
+    ``data``'s DATASET choices include the datasets that their files register."""
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    early.add_argument("--plugins", action="append", default=[])
+    try:
+        folders = early.parse_known_args(argv)[0].plugins
+    except argparse.ArgumentError:  # `--plugins` without a folder: the full parser says so
+        return []
+    return [f for f in folders if os.path.isdir(f)]  # the others: main reports them once parsing is done
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    add_plugin_folders(_plugin_folders(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from cml_bench.store import MemmapRows, Store, StorePart, write_store
-from cml_bench.stream import BenchmarkMeta, MultiLabelBenchmark, MultiLabelTensorDataset, make_benchmark
+from cml_bench.stream import BenchmarkMeta, MultiLabelBenchmark, MultiLabelTensorDataset, SourceOption, make_benchmark
 
 GROUPS = ("majority", "moderate", "minority")
 # PROTOCOL.md's group bounds: minority < 200 training images, majority >= 900 (COCOseq's boat at
@@ -140,6 +140,14 @@ def read_prs_lists(splits: str | Path, groups: str | Path | None, protocol: Stre
     names, ids = read_splits(splits, protocol)
     groups_dir = groups_dir_for(splits, groups, protocol)
     return names, ids, read_published_groups(groups_dir, protocol, names), groups_dir
+
+
+def prs_list_options(protocol: StreamProtocol) -> tuple[SourceOption, SourceOption]:
+    """``--splits`` and ``--groups`` of a PRS stream's ``data`` commands (see :func:`read_prs_lists`)."""
+    return (SourceOption("--splits", f"PRS id lists, laid out like prs_splits/{protocol.title} (multihot_map.json, "
+                                     f"ids/)"),
+            SourceOption("--groups", f"published group lists {protocol.name}_{{majority,moderate,minority}}.json "
+                                     f"(default: ../groups beside --splits)", required=False))
 
 
 def require_published_groups(report: StreamReport) -> None:

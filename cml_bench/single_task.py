@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cml_bench.store import MemmapRows, StorePart, open_prepared_store, require_folders, write_store
-from cml_bench.stream import (BenchmarkMeta, MultiLabelBenchmark, MultiLabelTensorDataset, make_benchmark,
-                              register_benchmark)
+from cml_bench.stream import (BenchmarkMeta, DataCommands, MultiLabelBenchmark, MultiLabelTensorDataset,
+                              make_benchmark, register_benchmark)
 
 SPLITS = ("train", "test")
 # The papers' backbone for generic multi-label classification (ResNet-101, ImageNet weights; without
@@ -190,14 +190,14 @@ class StoreOptions:
 
 
 def register_single_task(name: str, *, builder_version: int, prepare_hint: str, description: str,
-                         what: str | None = None, defaults: dict[str, Any] | None = None
+                         data: DataCommands, what: str | None = None, defaults: dict[str, Any] | None = None
                          ) -> Callable[[StoreOptions], MultiLabelBenchmark]:
-    """Register generic benchmark ``name``, read from stores that ``data prepare <name>`` writes
-    (builder ``name``); returns its build function. ``defaults`` default to the papers' backbone."""
+    """Register generic benchmark ``name``, read from stores that ``data prepare <name>`` (``data``)
+    writes (builder ``name``); returns its build function. ``defaults`` default to the papers' backbone."""
 
     def build_benchmark(options: StoreOptions) -> MultiLabelBenchmark:
         return build(options.root, name=name, builder_version=builder_version, prepare_hint=prepare_hint, what=what)
 
-    register_benchmark(name, options=StoreOptions, description=description,
+    register_benchmark(name, options=StoreOptions, description=description, data=data,
                        defaults=defaults if defaults is not None else {"model": PAPER_MODEL})(build_benchmark)
     return build_benchmark

@@ -165,6 +165,46 @@ def joint_experience(benchmark: MultiLabelBenchmark):
 
 
 @dataclass(frozen=True)
+class SourceOption:
+    """An option of ``data prepare|inspect NAME`` naming the dataset's own files (``--coco-root DIR``).
+
+    Its value reaches the data commands as the keyword its flag spells (``coco_root``).
+    """
+
+    flag: str
+    help: str
+    metavar: str = "DIR"
+    required: bool = True
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class DataCommands:
+    """``python -m cml_bench data prepare|inspect NAME`` of a benchmark read from a prepared store.
+
+    Attributes:
+        line: what the dataset is, one line for ``--help`` (``"MS-COCO 2014, one task, 80 classes"``).
+        inspect: ``inspect(**source)``: counts and checks from the annotations alone (no image read).
+        prepare: ``prepare(**source, out=, size=, skip_bad_images=, force=, progress=)``: the same
+            checks, then the store written at ``out`` (resumable; :mod:`cml_bench.store`).
+        source: the options naming the dataset's files; ``**source`` above is their values by ``dest``.
+        size: default stored image size: a side in pixels, or ``(height, width)``.
+
+    Both return a report whose ``text()`` is printed. They run only when the command does: what
+    they import stays out of every other command's start-up.
+    """
+
+    line: str
+    inspect: Callable[..., Any]
+    prepare: Callable[..., Any]
+    source: tuple[SourceOption, ...]
+    size: int | tuple[int, int]
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     """A registered benchmark family member.
 
@@ -177,6 +217,7 @@ class BenchmarkSpec:
         identity: ``identity(options) -> str`` naming what the data is beyond its options (a
             generator's version); None: a prepared store's identity when ``options.root`` names one.
             A finished run counts as done only on data of the same identity.
+        data: the ``data prepare|inspect <name>`` commands that build its store; None: none.
     """
 
     name: str
@@ -185,7 +226,9 @@ class BenchmarkSpec:
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
     identity: Callable[[Any], str | None] | None = None
+    data: DataCommands | None = None
 
 
 register_benchmark = decorator(BENCHMARKS, BenchmarkSpec)
-"""``@register_benchmark("name", options=Opts, description=..., defaults={...})`` on ``build(options)``."""
+"""``@register_benchmark("name", options=Opts, description=..., defaults={...}, data=DataCommands(...))``
+on ``build(options)``."""

@@ -123,21 +123,26 @@ def test_third_party_strategy_through_entry_point(tmp_path, monkeypatch):
 
 
 HEAD_PLUGIN = '''
-"""A head in one file: global max pooling and a linear classifier."""
+"""A head in one file: global max pooling and a linear classifier, logits divided by model.gamma."""
 import torch
 from torch import nn
 
 from cml_bench.models import Head, register_head
 
 
-@register_head("maxpool", description="global max pooling and a linear classifier (test plugin)")
+@register_head("maxpool", description="global max pooling, linear classifier / gamma (test plugin)")
 class MaxPooledHead(Head):
-    def __init__(self, channels: int, num_labels: int):
+    def __init__(self, channels: int, num_labels: int, temperature: float):
         super().__init__()
         self.max_classifier = nn.Linear(channels, num_labels)
+        self.temperature = temperature
+
+    @classmethod
+    def from_config(cls, cfg, channels: int, num_labels: int) -> "MaxPooledHead":
+        return cls(channels, num_labels, temperature=cfg.gamma)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.max_classifier(fmap.amax((2, 3))).unsqueeze(0)
+        return (self.max_classifier(fmap.amax((2, 3))) / self.temperature).unsqueeze(0)
 '''
 
 
@@ -148,6 +153,7 @@ def test_plugin_file_head_runs_with_any_strategy(tmp_path, monkeypatch, tiny_lay
 
     from cml_bench import registry
     from cml_bench.cli import main
+    from cml_bench.config import ModelConfig
 
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "max_head.py").write_text(HEAD_PLUGIN)
@@ -160,6 +166,7 @@ def test_plugin_file_head_runs_with_any_strategy(tmp_path, monkeypatch, tiny_lay
         assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["head"] == "maxpool"
         state = torch.load(folder / "model.pt", weights_only=True)
         assert {k for k in state if k.startswith("head.")} == {"head.max_classifier.weight", "head.max_classifier.bias"}
+        assert HEADS.get("maxpool").build.from_config(ModelConfig(gamma=4.0), 8, 3).temperature == 4.0
         capsys.readouterr()
         assert main([*run, "--strategy", "finetune+maxpol"]) == 2
         assert capsys.readouterr().err == ("error: Unknown head suffix '+maxpol' in 'finetune+maxpol'. Did you mean "
@@ -178,3 +185,76 @@ def test_a_head_must_be_a_head_class():
     with pytest.raises(TypeError, match=r"@register_head\('plain'\).*expected a subclass of cml_bench.models.Head"):
         register_head("plain")(lambda channels, num_labels: None)
     assert "plain" not in HEADS.names()
+
+
+DATA_PLUGIN = '''
+"""A benchmark with its own data commands, in one file: a folder whose labels.txt lists images."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from cml_bench.stream import DataCommands, SourceOption, register_benchmark
+
+
+@dataclass
+class Report:
+    images: list
+
+    def text(self) -> str:
+        return f"{len(self.images)} labelled images"
+
+
+def inspect(labels_dir: str) -> Report:
+    path = Path(labels_dir) / "labels.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"Label list '{path}' not found (expected --labels-dir DIR holding labels.txt).")
+    return Report(path.read_text().splitlines())
+
+
+def prepare(labels_dir: str, out: str, *, size: int, skip_bad_images: bool, force: bool, progress) -> Report:
+    report = inspect(labels_dir)
+    Path(out).mkdir()
+    (Path(out) / "size.txt").write_text(str(size))
+    return report
+
+
+@dataclass(frozen=True)
+class Options:
+    root: str | None = None
+
+
+@register_benchmark("toy-labels", options=Options, description="a store-backed test plugin",
+                    data=DataCommands("Toy labels, one task", inspect, prepare,
+                                      (SourceOption("--labels-dir", "folder holding labels.txt"),), size=24))
+def build(options: Options):
+    raise ValueError("toy-labels only shows the data commands of a plugin file")
+'''
+
+
+def test_plugin_file_benchmark_brings_its_data_commands(tmp_path, monkeypatch, capsys):
+    """A benchmark in a --plugins file registers `data prepare|inspect NAME` with it: nothing else to edit."""
+    from cml_bench import registry
+    from cml_bench.cli import main
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "toy_labels.py").write_text(DATA_PLUGIN)
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "labels.txt").write_text("a.jpg 1\nb.jpg 0\nc.jpg 1\n")
+    plugins = ["--plugins", str(tmp_path / "plugins")]
+    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
+    try:
+        assert main([*plugins, "data", "inspect", "toy-labels", "--labels-dir", str(tmp_path / "toy")]) == 0
+        assert capsys.readouterr().out == "3 labelled images\n"
+        assert main([*plugins, "data", "prepare", "toy-labels", "--labels-dir", str(tmp_path / "toy"),
+                     "--out", str(tmp_path / "store")]) == 0
+        assert "3 labelled images" in capsys.readouterr().out
+        assert (tmp_path / "store" / "size.txt").read_text() == "24"  # the size the plugin registered
+        assert main([*plugins, "data", "inspect", "toy-labels", "--labels-dir", str(tmp_path / "nope")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: Label list") and err.count("\n") == 1
+        with pytest.raises(SystemExit):
+            main([*plugins, "data", "inspect", "toy-labels", "--help"])
+        assert "--labels-dir DIR  folder holding labels.txt" in capsys.readouterr().out
+    finally:
+        BENCHMARKS._entries.pop("toy-labels", None)
+        sys.modules.pop("cml_bench_plugin_toy_labels", None)
+        registry._PLUGIN_FILES.pop((tmp_path / "plugins" / "toy_labels.py").resolve(), None)
