@@ -130,8 +130,10 @@ from torch import nn
 from cml_bench.models import Head, register_head
 
 
-@register_head("maxpool", description="global max pooling, linear classifier / gamma (test plugin)")
+@register_head("maxpool")
 class MaxPooledHead(Head):
+    """Global max pooling and a linear classifier, its logits divided by model.gamma."""
+
     def __init__(self, channels: int, num_labels: int, temperature: float):
         super().__init__()
         self.max_classifier = nn.Linear(channels, num_labels)

@@ -5,8 +5,8 @@ Every head maps a feature map ``[N, C, H, W]`` to per-module logits ``[S, N, M]`
 heads); the final prediction is the mean over modules and the loss is summed over modules. A head is
 one class, registered by name, which is then ``model.head`` and the strategy suffix (``prs+cos``)::
 
-    @register_head("max", description="global max pooling and a linear classifier")
-    class MaxPooledHead(Head):
+    @register_head("max")
+    class MaxPooledHead(Head):  # global max pooling and a linear classifier
         def __init__(self, channels: int, num_labels: int):
             super().__init__()
             self.classifier = nn.Linear(channels, num_labels)
@@ -52,13 +52,12 @@ class HeadSpec:
 
     Attributes:
         name: registry name: ``model.head`` and the suffix of a strategy name (``prs+ssca``).
-        build: the :class:`Head` subclass; ``build.from_config(cfg, channels, num_labels)`` makes one.
-        description: one line for ``list``.
+        build: the :class:`Head` subclass (its docstring says what it is);
+            ``build.from_config(cfg, channels, num_labels)`` makes one.
     """
 
     name: str
     build: type[Head]
-    description: str = ""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.build, type) and issubclass(self.build, Head)):
@@ -67,7 +66,7 @@ class HeadSpec:
 
 
 register_head = decorator(HEADS, HeadSpec)
-"""``@register_head("name", description=...)`` on a :class:`Head` subclass."""
+"""``@register_head("name")`` on a :class:`Head` subclass."""
 
 
 class NormalizedClassifier(nn.Module):
@@ -91,7 +90,7 @@ class NormalizedClassifier(nn.Module):
         return self.gamma * (f * w).sum(-1)
 
 
-@register_head("pooled", description="global average pooling and a linear classifier (the default)")
+@register_head("pooled")
 class PooledHead(Head):
     """Global average pooling and a linear classifier: the baseline every paper compares with."""
 
@@ -107,7 +106,7 @@ class PooledHead(Head):
         return self.classifier(fmap.mean((2, 3))).unsqueeze(0)
 
 
-@register_head("cos", description="global average pooling and a normalised classifier (model.gamma)")
+@register_head("cos")
 class CosineHead(Head):
     """Global average pooling and a normalised classifier with scale gamma (the ``+cos`` control).
 

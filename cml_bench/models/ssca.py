@@ -79,7 +79,7 @@ class SSCAModule(nn.Module):
         return features, self.classifier(features)
 
 
-@register_head("ssca", description="DLFL's semantic spatial cross-attention (model.ssca_modules, ssca_dim, gamma)")
+@register_head("ssca")
 class SSCAHead(Head):
     """S cascaded SSCA modules; ``forward`` returns per-module logits ``[S, N, M]``."""
 
