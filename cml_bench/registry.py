@@ -89,10 +89,8 @@ class Registry(Generic[T]):
                 importlib.import_module(module)
             except Exception as err:  # noqa: BLE001 - remembered and raised when chosen
                 self._broken[short] = err
-        if self.plugin_dirs:
-            for registry in PLUGIN_REGISTRIES:  # every built-in first: a plugin file never displaces one
-                registry.discover()
-            self._import_plugin_files()
+        if self.plugin_dirs and plugin_folders():
+            _load_plugin_files()
 
     def _import_plugin_files(self) -> None:
         for short, err in import_plugin_files().items():
@@ -195,9 +193,18 @@ def add_plugin_folders(folders: list[str]) -> None:
     known = [str(p) for p in plugin_folders()]
     added = [str(Path(f).resolve()) for f in folders if str(Path(f).resolve()) not in known]
     os.environ[PLUGINS_ENV] = os.pathsep.join(known + added)
+    if added and any(registry._discovered for registry in PLUGIN_REGISTRIES):  # already scanned: add them now
+        _load_plugin_files()
+
+
+def _load_plugin_files() -> None:
+    """Import the plugin folders' files once every registry holds its built-ins (so a plugin file never
+    displaces one: a clash fails in the plugin file); each registry remembers the files that failed,
+    since a file may have held any kind. Without plugin folders a registry scans only its own kind."""
     for registry in PLUGIN_REGISTRIES:
-        if registry._discovered:  # already scanned: add the new files now
-            registry._import_plugin_files()
+        registry.discover()
+    for registry in PLUGIN_REGISTRIES:
+        registry._import_plugin_files()
 
 
 def import_plugin_files() -> dict[str, BaseException]:

@@ -148,37 +148,47 @@ class MaxPooledHead(Head):
 '''
 
 
-def test_plugin_file_head_runs_with_any_strategy(tmp_path, monkeypatch, tiny_layer, capsys):
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A folder for --plugins; what its files register is forgotten afterwards, as in a new process."""
+    from cml_bench import registry
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
+    before = [set(r._entries) for r in registry.PLUGIN_REGISTRIES]
+    yield folder
+    for r, names in zip(registry.PLUGIN_REGISTRIES, before):
+        for name in set(r._entries) - names:
+            del r._entries[name]
+    for path in folder.glob("*.py"):
+        sys.modules.pop(f"cml_bench_plugin_{path.stem}", None)
+        registry._PLUGIN_FILES.pop(path.resolve(), None)
+
+
+def test_plugin_file_head_runs_with_any_strategy(plugin_dir, tmp_path, tiny_layer, capsys):
     """A head defined in a --plugins file is a strategy suffix at once; a typo of it is suggested."""
     import torch
     import yaml
 
-    from cml_bench import registry
     from cml_bench.cli import main
     from cml_bench.config import ModelConfig
 
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "max_head.py").write_text(HEAD_PLUGIN)
+    (plugin_dir / "max_head.py").write_text(HEAD_PLUGIN)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_layer))
     run = ["run", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "out")]
-    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
-    try:
-        assert main(["--plugins", str(tmp_path / "plugins"), *run, "--strategy", "finetune+maxpool"]) == 0
-        (folder,) = (tmp_path / "out" / "synth-cocoseq" / "finetune+maxpool").glob("seed0-*")
-        assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["head"] == "maxpool"
-        state = torch.load(folder / "model.pt", weights_only=True)
-        assert {k for k in state if k.startswith("head.")} == {"head.max_classifier.weight", "head.max_classifier.bias"}
-        assert HEADS.get("maxpool").build.from_config(ModelConfig(gamma=4.0), 8, 3).temperature == 4.0
-        capsys.readouterr()
-        assert main([*run, "--strategy", "finetune+maxpol"]) == 2
-        assert capsys.readouterr().err == ("error: Unknown head suffix '+maxpol' in 'finetune+maxpol'. Did you mean "
-                                           "'+maxpool'? Available heads: +cos, +ssca, +maxpool (none = pooled).\n")
-        assert main(["list"]) == 0
-        assert "Heads: pooled, cos, ssca, maxpool (pooled is the default)" in capsys.readouterr().out
-    finally:
-        HEADS._entries.pop("maxpool", None)
-        sys.modules.pop("cml_bench_plugin_max_head", None)
-        registry._PLUGIN_FILES.pop((tmp_path / "plugins" / "max_head.py").resolve(), None)
+    assert main(["--plugins", str(plugin_dir), *run, "--strategy", "finetune+maxpool"]) == 0
+    (folder,) = (tmp_path / "out" / "synth-cocoseq" / "finetune+maxpool").glob("seed0-*")
+    assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["head"] == "maxpool"
+    state = torch.load(folder / "model.pt", weights_only=True)
+    assert {k for k in state if k.startswith("head.")} == {"head.max_classifier.weight", "head.max_classifier.bias"}
+    assert HEADS.get("maxpool").build.from_config(ModelConfig(gamma=4.0), 8, 3).temperature == 4.0
+    capsys.readouterr()
+    assert main([*run, "--strategy", "finetune+maxpol"]) == 2
+    assert capsys.readouterr().err == ("error: Unknown head suffix '+maxpol' in 'finetune+maxpol'. Did you mean "
+                                       "'+maxpool'? Available heads: +cos, +ssca, +maxpool (none = pooled).\n")
+    assert main(["list"]) == 0
+    assert "Heads: pooled, cos, ssca, maxpool (pooled is the default)" in capsys.readouterr().out
 
 
 def test_a_head_must_be_a_head_class():
@@ -232,31 +242,36 @@ def build(options: Options):
 '''
 
 
-def test_plugin_file_benchmark_brings_its_data_commands(tmp_path, monkeypatch, capsys):
+def test_plugin_file_benchmark_brings_its_data_commands(plugin_dir, tmp_path, capsys):
     """A benchmark in a --plugins file registers `data prepare|inspect NAME` with it: nothing else to edit."""
-    from cml_bench import registry
     from cml_bench.cli import main
 
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "toy_labels.py").write_text(DATA_PLUGIN)
+    (plugin_dir / "toy_labels.py").write_text(DATA_PLUGIN)
     (tmp_path / "toy").mkdir()
     (tmp_path / "toy" / "labels.txt").write_text("a.jpg 1\nb.jpg 0\nc.jpg 1\n")
-    plugins = ["--plugins", str(tmp_path / "plugins")]
-    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
-    try:
-        assert main([*plugins, "data", "inspect", "toy-labels", "--labels-dir", str(tmp_path / "toy")]) == 0
-        assert capsys.readouterr().out == "3 labelled images\n"
-        assert main([*plugins, "data", "prepare", "toy-labels", "--labels-dir", str(tmp_path / "toy"),
-                     "--out", str(tmp_path / "store")]) == 0
-        assert "3 labelled images" in capsys.readouterr().out
-        assert (tmp_path / "store" / "size.txt").read_text() == "24"  # the size the plugin registered
-        assert main([*plugins, "data", "inspect", "toy-labels", "--labels-dir", str(tmp_path / "nope")]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: Label list") and err.count("\n") == 1
-        with pytest.raises(SystemExit):
-            main([*plugins, "data", "inspect", "toy-labels", "--help"])
-        assert "--labels-dir DIR  folder holding labels.txt" in capsys.readouterr().out
-    finally:
-        BENCHMARKS._entries.pop("toy-labels", None)
-        sys.modules.pop("cml_bench_plugin_toy_labels", None)
-        registry._PLUGIN_FILES.pop((tmp_path / "plugins" / "toy_labels.py").resolve(), None)
+    plugins = ["--plugins", str(plugin_dir)]
+    assert main([*plugins, "data", "inspect", "toy-labels", "--labels-dir", str(tmp_path / "toy")]) == 0
+    assert capsys.readouterr().out == "3 labelled images\n"
+    assert main([*plugins, "data", "prepare", "toy-labels", "--labels-dir", str(tmp_path / "toy"),
+                 "--out", str(tmp_path / "store")]) == 0
+    assert "3 labelled images" in capsys.readouterr().out
+    assert (tmp_path / "store" / "size.txt").read_text() == "24"  # the size the plugin registered
+    assert main([*plugins, "data", "inspect", "toy-labels", "--labels-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Label list") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main([*plugins, "data", "inspect", "toy-labels", "--help"])
+    assert "--labels-dir DIR  folder holding labels.txt" in capsys.readouterr().out
+
+
+def test_a_scan_without_plugin_folders_imports_only_its_kind():
+    """`data prepare|inspect` lists the benchmarks: that must not import every strategy (Avalanche) too."""
+    import os
+    import subprocess
+
+    code = ("import sys; from cml_bench.registry import BENCHMARKS; assert 'coco2014' in BENCHMARKS.names(); "
+            "print(sorted(m for m in ('strategies.prs', 'avalanche') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "CML_BENCH_PLUGINS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
