@@ -66,9 +66,9 @@ def expand_grid(file_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], str
                 layer = merge(layer, {"benchmark": {"name": bench}})
             if name:
                 layer = merge(layer, {"strategy": {"name": name}})
-            base = resolve_run(file_layer, layer)
+            base = resolve_run(file_layer, layer)  # the config's own seed, resolved once
             for seed in seeds if seeds is not None else [base.config.seed + k for k in range(n_seeds)]:
-                runs.append(resolve_run(file_layer, layer, {"seed": seed}))
+                runs.append(base if seed == base.config.seed else resolve_run(file_layer, layer, {"seed": seed}))
     return runs
 
 

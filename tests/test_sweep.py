@@ -107,6 +107,23 @@ def test_resubmitted_sweep_skips_finished_runs(tiny_layer, tmp_path, capsys):
     assert "| finetune |" in capsys.readouterr().out
 
 
+def test_run_resolves_its_run_once_and_sweep_rerun_runs_again(tiny_layer, tmp_path, capsys, monkeypatch):
+    import cml_bench.resolved as resolved
+
+    validated = []
+    real = resolved.build_dataclass
+    monkeypatch.setattr(resolved, "build_dataclass", lambda cls, values, path="": validated.append(path) or
+                        real(cls, values, path))
+    argv = ["--config", str(_tiny_config(tiny_layer, tmp_path)), "--out", str(tmp_path / "out"),
+            "--strategy", "finetune"]
+    assert main(["run", *argv]) == 0
+    assert validated == ["benchmark.options", "strategy.options"]  # planning, identity and training share it
+    capsys.readouterr()
+    assert main(["sweep", *argv, "--rerun"]) == 0  # not "already finished": a second folder
+    assert "1 finished, 0 skipped (already done), 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").glob("synth-cocoseq/finetune/seed0-*"))) == 2
+
+
 def test_ray_executor_without_ray_says_how_to_install(tiny_layer, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     argv = ["sweep", "--config", str(_tiny_config(tiny_layer, tmp_path)), "--out", str(tmp_path),
