@@ -276,13 +276,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cml_bench", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("--plugins", action="append", default=[], metavar="DIR", help=PLUGINS_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``run``: one strategy (or a few, with seeds) on one benchmark, here and now."""
     run = sub.add_parser("run", help="train one strategy on one benchmark and write its results",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description=textwrap.dedent("""\
@@ -312,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also log losses, metrics and the anytime curve with Avalanche's TensorboardLogger "
                           "or WandBLogger (offline unless WANDB_MODE is set) into the run folder (repeatable)")
     run.set_defaults(func=cmd_run)
+    return run
 
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sweep``: a grid of runs, here or on a Ray cluster."""
     sweep = sub.add_parser("sweep", help="a grid of runs (benchmarks x strategies x seeds), here or on a "
                                           "Ray cluster", formatter_class=argparse.RawDescriptionHelpFormatter,
                            description=textwrap.dedent("""\
@@ -346,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-retries", type=int, default=3,
                        help="ray executor: re-executions of a run whose worker or node dies (default 3)")
     sweep.set_defaults(func=cmd_sweep)
+    return sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cml_bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--plugins", action="append", default=[], metavar="DIR", help=PLUGINS_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = _add_run_parser(sub)
+    sweep = _add_sweep_parser(sub)
 
     bench = sub.add_parser("bench-loop", help="measure the training loop's overhead against a bare "
                                               "PyTorch loop")
