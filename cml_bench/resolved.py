@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from cml_bench.config import ConfigError, RunConfig, build_dataclass, resolve
+from cml_bench.identity import run_identity
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
 
 if TYPE_CHECKING:  # both modules import Avalanche: not needed to resolve a run
@@ -90,8 +91,6 @@ class ResolvedRun:
     def identity(self, threads: int) -> dict[str, Any]:
         """What besides the config must match for a finished run to count as this one
         (:func:`cml_bench.identity.run_identity`), with ``threads`` torch threads."""
-        from cml_bench.identity import run_identity
-
         return run_identity(self, threads)
 
     def build_benchmark(self) -> MultiLabelBenchmark:

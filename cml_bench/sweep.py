@@ -168,7 +168,7 @@ def run_one(run: ResolvedRun | RunConfig, out: str, cpus: int | None = None, *, 
         if done is not None:
             return Outcome(str(done), note="already finished")
         note = "resumed" if find_partial(out, run.config, run.label, identity) is not None else ""
-        # a retry of a run whose node died waits for the dead node's lock to go stale
+        # a retry of a run whose node died waits for the dead node's lock to go stale (`run` says so at once)
         result = run_folder(run, out, log=log or (lambda *_: None), resume=True, loggers=loggers,
                             lock_wait_s=0.0 if fail_fast else STALE_AFTER_S + 30)
         return Outcome(str(result.path), wall_time_s=result.wall_time_s, note=note, summary=result.summary)
