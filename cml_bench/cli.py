@@ -62,37 +62,23 @@ def _cli_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import pandas as pd
-
+    """A sweep on the local executor, in this process: each run prints its lines and summary, and the
+    first failure ends the command with its error."""
     from cml_bench.config import merge
-    from cml_bench.results import prepare_out, summary_table
-    from cml_bench.runner import run
-    from cml_bench.sweep import expand_grid, parse_list, plan_runs
+    from cml_bench.results import prepare_out
+    from cml_bench.sweep import LocalExecutor, RunPrinter, expand_grid, parse_list, plan_runs, run_sweep
 
     file_layer = load_config(args.config) if args.config is not None else {}
     cli_layer = merge(_parse_set(args.set), _cli_layer(args))
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds N runs N seeds counting up from --seed: N must be >= 1, got {args.seeds}.")
     # resolve every (strategy, seed) first, so a typo in the last name fails before any training
-    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
-                          n_seeds=1 if args.seeds is None else args.seeds)
+    runs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
+                       n_seeds=1 if args.seeds is None else args.seeds)
     prepare_out(args.out)
-    for item in plan_runs(configs, args.out, rerun=args.rerun):
-        config, label, done = item.config, item.label, item.done
-        if done is not None:
-            print(f"{label} on {config.benchmark.name}, seed {config.seed}: already done with this "
-                  f"config, skipped ({done}; --rerun runs it again)")
-            summary = summary_table(pd.read_csv(Path(done) / "metrics.csv"))
-        else:
-            result = run(config, args.out, log=print, loggers=args.logger)  # an interrupted run of this config resumes
-            print(f"\n{label} on {config.benchmark.name}, seed {config.seed}: after the last task, on the "
-                  f"test sets of all tasks ({result.wall_time_s:.0f} s)")
-            summary = result.summary
-            done = result.path
-        print(summary)
-        print(f"\nResults: {done}/metrics.csv (config, manifest and summary beside it)\n")
+    planned = plan_runs(runs, args.out, rerun=args.rerun)  # an interrupted run of a config resumes
+    executor = LocalExecutor(log=print, loggers=args.logger, fail_fast=True)
+    run_sweep(planned, args.out, executor, cpus=None, reporter=RunPrinter(planned))
     return 0
 
 
@@ -112,9 +98,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cli_layer = _parse_set(args.set)
     if args.device is not None:
         cli_layer = merge(cli_layer, {"device": args.device})
-    configs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
-                          benchmarks=parse_list(args.benchmark),
-                          seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
+    runs = expand_grid(file_layer, cli_layer, strategies=parse_list(args.strategy),
+                       benchmarks=parse_list(args.benchmark),
+                       seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
     out = args.out
     if args.executor != "ray":  # on Ray, the nodes write --out (a shared folder the driver may not see)
         from cml_bench.results import prepare_out
@@ -130,7 +116,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("--gpus-per-run is for --executor ray; locally, --workers N --device cuda packs "
                               "N runs on the GPU.")
         executor = LocalExecutor(args.workers)
-    report = run_sweep(plan_runs(configs, out, rerun=args.rerun, threads=args.cpus_per_run), out, executor,
+    report = run_sweep(plan_runs(runs, out, rerun=args.rerun, threads=args.cpus_per_run), out, executor,
                        cpus=args.cpus_per_run, gpus=args.gpus_per_run)
     print(summary_text(report, args.out))
     return 1 if report.failed else 0
@@ -163,15 +149,15 @@ def cmd_angles(args: argparse.Namespace) -> int:
 
     from cml_bench.angles import angles_for_model, load_model_weights, plot_angles, summarise_angles
     from cml_bench.models import build_model
-    from cml_bench.runner import build_benchmark, resolve_config, strategy_label
+    from cml_bench.resolved import resolve_run
 
     run_dir = Path(args.run_dir)
     for needed in ("config.yaml", "model.pt"):
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"'{run_dir}' is not a finished run folder: {needed} is missing "
                                     f"(pass a folder written by `python -m cml_bench run`).")
-    config = resolve_config(load_yaml(run_dir / "config.yaml"))
-    benchmark = build_benchmark(config)
+    resolved = resolve_run(load_yaml(run_dir / "config.yaml"))
+    config, benchmark = resolved.config, resolved.build_benchmark()
     model = build_model(config.model, benchmark.meta.num_classes)
     load_model_weights(model, run_dir / "model.pt")
     tests = [exp.dataset for exp in benchmark.test_stream]
@@ -183,7 +169,7 @@ def cmd_angles(args: argparse.Namespace) -> int:
     frame.to_csv(run_dir / "angles.csv", index=False)
     summary = summarise_angles(frame)
     summary.to_csv(run_dir / "angles_summary.csv", index=False)
-    title = f"{strategy_label(config)} on {config.benchmark.name} (seed {config.seed}): angle between " \
+    title = f"{resolved.label} on {config.benchmark.name} (seed {config.seed}): angle between " \
             f"each label's feature and its classifier weight, all test sets"
     plot_angles(frame, run_dir / "angles.png", title)
     pos = frame[frame.positive].angle_deg.median()
@@ -234,16 +220,15 @@ def _image_size_arg(text: str) -> list[int]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from cml_bench.config import merge, resolve
+    from cml_bench.config import resolve
     from cml_bench.profile import COUNTING_NOTE, describe, format_table, profile_model
-    from cml_bench.registry import split_head
+    from cml_bench.resolved import apply_head_suffix
 
     layers = [load_config(args.config) if args.config is not None else {}, _parse_set(args.set)]
     if args.strategy is not None:
         layers.append({"strategy": {"name": args.strategy}})
-    config = resolve(*layers)
-    if "+" in config.strategy.name:
-        config.model.head = split_head(config.strategy.name)[1]
+    config = resolve(*layers)  # the model section only: no benchmark defaults, options unchecked
+    apply_head_suffix(config)
     if args.num_labels < 1:
         raise ConfigError(f"--num-labels must be >= 1, got {args.num_labels}.")
     size = image_hw(args.image_size or config.model.image_size, "--image-size")
@@ -292,13 +277,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cml_bench", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("--plugins", action="append", default=[], metavar="DIR", help=PLUGINS_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``run``: one strategy (or a few, with seeds) on one benchmark, here and now."""
     run = sub.add_parser("run", help="train one strategy on one benchmark and write its results",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description=textwrap.dedent("""\
@@ -328,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also log losses, metrics and the anytime curve with Avalanche's TensorboardLogger "
                           "or WandBLogger (offline unless WANDB_MODE is set) into the run folder (repeatable)")
     run.set_defaults(func=cmd_run)
+    return run
 
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sweep``: a grid of runs, here or on a Ray cluster."""
     sweep = sub.add_parser("sweep", help="a grid of runs (benchmarks x strategies x seeds), here or on a "
                                           "Ray cluster", formatter_class=argparse.RawDescriptionHelpFormatter,
                            description=textwrap.dedent("""\
@@ -362,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-retries", type=int, default=3,
                        help="ray executor: re-executions of a run whose worker or node dies (default 3)")
     sweep.set_defaults(func=cmd_sweep)
+    return sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cml_bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--plugins", action="append", default=[], metavar="DIR", help=PLUGINS_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = _add_run_parser(sub)
+    sweep = _add_sweep_parser(sub)
 
     bench = sub.add_parser("bench-loop", help="measure the training loop's overhead against a bare "
                                               "PyTorch loop")

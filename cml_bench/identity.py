@@ -20,7 +20,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from cml_bench.config import RunConfig
+    from cml_bench.resolved import ResolvedRun
 
 # Dotted config keys left out of the experiment key: they change where a run executes or where it
 # caches data, not what it computes (the device only changes floating-point rounding).
@@ -84,16 +88,13 @@ def file_sha256(path: str | Path) -> str:
     return _FILE_HASHES[key]
 
 
-def data_identity(config: Any) -> str | None:
+def data_identity(run: ResolvedRun) -> str | None:
     """What the run's data is, beyond its config: the benchmark's ``identity(options)`` when it
     defines one (synthetic generators: their version), else the prepared store's identity when
     ``benchmark.options.root`` names a store (see :func:`cml_bench.store.store_identity`)."""
-    from cml_bench.config import build_dataclass
-    from cml_bench.registry import BENCHMARKS
     from cml_bench.store import store_identity
 
-    spec = BENCHMARKS.get(config.benchmark.name)
-    options = build_dataclass(spec.options, config.benchmark.options, "benchmark.options")
+    spec, options = run.benchmark, run.benchmark_options
     if getattr(spec, "identity", None) is not None:
         return spec.identity(options)
     root = getattr(options, "root", None)
@@ -130,8 +131,13 @@ def weights_identity(config: Any) -> str | None:
     return None
 
 
-def run_identity(config: Any, threads: int) -> dict[str, Any]:
+def run_identity(run: ResolvedRun | RunConfig, threads: int) -> dict[str, Any]:
     """Everything besides the resolved config that must match for a run to count as done or to be
-    resumed: data, weights, and (on a CPU, where results depend on it) the thread count."""
-    return {"data": data_identity(config), "weights": weights_identity(config),
+    resumed: data, weights, and (on a CPU, where results depend on it) the thread count.
+    ``run``: a :class:`~cml_bench.resolved.ResolvedRun` (or a resolved config, resolved into one)."""
+    from cml_bench.resolved import ResolvedRun
+
+    run = ResolvedRun.of(run)
+    config = run.config
+    return {"data": data_identity(run), "weights": weights_identity(config),
             "threads": int(threads) if str(config.device).startswith("cpu") else None}

@@ -1,11 +1,15 @@
 """Sweeps: a grid of runs (benchmarks x strategies x seeds) executed here or on a Ray cluster.
 
-The grid is expanded and fully resolved before anything trains (a typo fails at once); runs whose
-finished folder with the same resolved config exists are skipped, so a sweep can be re-submitted
-after any failure. Every run goes through :func:`run_one`, whichever executor runs it:
+The grid is expanded into runs resolved once (:class:`~cml_bench.resolved.ResolvedRun`) before
+anything trains (a typo fails at once); runs whose finished folder with the same resolved config
+exists are skipped, so a sweep can be re-submitted after any failure. Every run goes through
+:func:`run_one`, whichever executor runs it:
 
 - ``local``: one run after another in this process, or ``workers`` at a time in a small process pool;
 - ``ray``: each run a Ray task holding its CPU / GPU request, retried when its worker or node dies.
+
+The ``run`` command is such a sweep too, on the local executor in its own process, reported run by
+run (:class:`RunPrinter`) instead of by a progress line.
 
 Run folders are written atomically by :mod:`cml_bench.results` (hidden ``.partial-*`` folder, then a
 rename), and :func:`run_one` always resumes a run of the same config from its last task-boundary
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 from cml_bench.config import ConfigError, RunConfig, merge
+from cml_bench.resolved import ResolvedRun, resolve_run
 
 RAY_INSTALL_HINT = "pip install 'cml-bench[ray]' (or: pip install ray) on the driver and on every node"
 
@@ -47,15 +52,13 @@ def parse_seeds(text: str) -> list[int]:
 
 def expand_grid(file_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], strategies: Sequence[str] = (),
                 benchmarks: Sequence[str] = (), seeds: Sequence[int] | None = None,
-                n_seeds: int = 1) -> list[RunConfig]:
+                n_seeds: int = 1) -> list[ResolvedRun]:
     """Resolve every (benchmark, strategy, seed) of a grid, in that nesting order.
 
     Empty ``strategies`` / ``benchmarks`` mean the one the layers name. ``seeds`` lists the seeds;
     without it, ``n_seeds`` seeds counting up from the resolved config's seed (``run --seeds N``).
     """
-    from cml_bench.runner import resolve_config
-
-    configs = []
+    runs = []
     for bench in benchmarks or [None]:
         for name in strategies or [None]:
             layer = dict(cli_layer)
@@ -63,28 +66,39 @@ def expand_grid(file_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], str
                 layer = merge(layer, {"benchmark": {"name": bench}})
             if name:
                 layer = merge(layer, {"strategy": {"name": name}})
-            base = resolve_config(file_layer, layer)
-            for seed in seeds if seeds is not None else [base.seed + k for k in range(n_seeds)]:
-                configs.append(resolve_config(file_layer, layer, {"seed": seed}))
-    return configs
+            base = resolve_run(file_layer, layer)  # the config's own seed, resolved once
+            for seed in seeds if seeds is not None else [base.config.seed + k for k in range(n_seeds)]:
+                runs.append(base if seed == base.config.seed else resolve_run(file_layer, layer, {"seed": seed}))
+    return runs
 
 
 @dataclass
 class PlannedRun:
-    """One run of a grid: its config and, when it already finished, its folder."""
+    """One run of a grid: the run resolved once and, when it already finished, its folder.
 
-    config: RunConfig
-    label: str
+    ``rerun``: run it even if a finished run of it exists (``--rerun``; ``done`` is then None).
+    """
+
+    run: ResolvedRun
     done: Path | None = None
+    rerun: bool = False
+
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
+
+    @property
+    def label(self) -> str:
+        return self.run.label
 
     @property
     def name(self) -> str:
-        return f"{self.label} on {self.config.benchmark.name}, seed {self.config.seed}"
+        return self.run.name
 
 
-def plan_runs(configs: Sequence[RunConfig], out: str | Path, rerun: bool = False, threads: int | None = None,
+def plan_runs(runs: Sequence[ResolvedRun], out: str | Path, rerun: bool = False, threads: int | None = None,
               log: Callable[[str], None] | None = None) -> list[PlannedRun]:
-    """Pair each config with its finished run under ``out`` (none when ``rerun``).
+    """Pair each run with its finished run folder under ``out`` (none when ``rerun``).
 
     A run is done only on the same data, weights and (on a CPU) ``threads`` (default: this
     process's torch thread count); see :mod:`cml_bench.identity`. Finished runs that do not count
@@ -92,19 +106,16 @@ def plan_runs(configs: Sequence[RunConfig], out: str | Path, rerun: bool = False
     """
     import torch
 
-    from cml_bench.identity import run_identity
     from cml_bench.results import find_finished
-    from cml_bench.runner import strategy_label
 
     threads = threads if threads is not None else torch.get_num_threads()
     planned = []
-    for config in configs:
-        label = strategy_label(config)
+    for run in runs:
         notes: list[str] = []
-        done = None if rerun else find_finished(out, config, label, run_identity(config, threads), notes)
+        done = None if rerun else find_finished(out, run.config, run.label, run.identity(threads), notes)
         for note in notes:
-            (log or print)(f"{label} on {config.benchmark.name}, seed {config.seed}: {note}")
-        planned.append(PlannedRun(config, label, done))
+            (log or print)(f"{run.name}: {note}")
+        planned.append(PlannedRun(run, done, rerun))
     return planned
 
 
@@ -119,40 +130,51 @@ def first_line(err: BaseException) -> str:
 
 @dataclass
 class Outcome:
-    """What a run came to: its folder, or the first line of its error."""
+    """What a run came to: its folder (and printed summary), or the first line of its error."""
 
     path: str | None = None
     error: str | None = None
     wall_time_s: float = 0.0
     note: str = ""  # "resumed" / "already finished" for the driver's summary
+    summary: str = ""  # the run's summary table, as `run` prints it
 
 
-def run_one(config: RunConfig, out: str, cpus: int, log: Callable[..., None] | None = None) -> Outcome:
-    """Run ``config`` into ``out`` with ``cpus`` torch threads; never raises for a failed run.
+def run_one(run: ResolvedRun | RunConfig, out: str, cpus: int | None = None, *, rerun: bool = False,
+            log: Callable[..., None] | None = None, loggers: Sequence[str] = (),
+            fail_fast: bool = False) -> Outcome:
+    """Run ``run`` into ``out`` with ``cpus`` torch threads (None: as they are); how every
+    executor runs a run. A worker process or Ray node receives the resolved config and resolves it
+    again, with its own plugin registries.
 
     A finished run of the same config (one a dead attempt completed before its result came back)
-    is returned instead of training again; an unfinished one with a checkpoint is resumed.
+    is returned instead of training again, unless ``rerun``; an unfinished one with a checkpoint is
+    resumed. ``log`` gets the runner's lines, ``loggers`` are fed (``run --logger``). A failed run
+    becomes an Outcome with its error; with ``fail_fast`` (the `run` command) its error is raised
+    instead, and a lock held on another host is not waited for.
     """
     import torch
 
-    from cml_bench.identity import run_identity
     from cml_bench.results import STALE_AFTER_S, find_finished, find_partial
-    from cml_bench.runner import run, strategy_label
+    from cml_bench.runner import run as run_folder
 
     start = time.perf_counter()
-    label = strategy_label(config)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(cpus)))
+    if cpus is not None:
+        torch.set_num_threads(max(1, int(cpus)))
     try:
-        identity = run_identity(config, torch.get_num_threads())
-        done = find_finished(out, config, label, identity)
+        run = ResolvedRun.of(run)
+        identity = run.identity(torch.get_num_threads())
+        done = None if rerun else find_finished(out, run.config, run.label, identity)
         if done is not None:
             return Outcome(str(done), note="already finished")
-        note = "resumed" if find_partial(out, config, label, identity) is not None else ""
-        # a retry of a run whose node died waits for the dead node's lock to go stale
-        result = run(config, out, log=log or (lambda *_: None), resume=True, lock_wait_s=STALE_AFTER_S + 30)
-        return Outcome(str(result.path), wall_time_s=time.perf_counter() - start, note=note)
+        note = "resumed" if find_partial(out, run.config, run.label, identity) is not None else ""
+        # a retry of a run whose node died waits for the dead node's lock to go stale (`run` says so at once)
+        result = run_folder(run, out, log=log or (lambda *_: None), resume=True, loggers=loggers,
+                            lock_wait_s=0.0 if fail_fast else STALE_AFTER_S + 30)
+        return Outcome(str(result.path), wall_time_s=result.wall_time_s, note=note, summary=result.summary)
     except Exception as err:  # noqa: BLE001 - reported by the driver, the sweep goes on
+        if fail_fast:
+            raise
         return Outcome(error=first_line(err), wall_time_s=time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
@@ -190,19 +212,25 @@ def _die_with_parent(parent: int) -> None:
 
 
 class LocalExecutor:
-    """Runs one after another in this process, or ``workers`` at a time in spawned processes."""
+    """Runs one after another in this process, or ``workers`` at a time in spawned processes.
 
-    def __init__(self, workers: int = 1):
+    Runs in this process send their lines to ``log`` and feed ``loggers``; with ``fail_fast`` (the
+    `run` command) the first failed run raises its error (:func:`run_one`).
+    """
+
+    def __init__(self, workers: int = 1, log: Callable[..., None] | None = None, loggers: Sequence[str] = (),
+                 fail_fast: bool = False):
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}.")
-        self.workers = workers
+        self.workers, self.log, self.loggers, self.fail_fast = workers, log, tuple(loggers), fail_fast
 
-    def execute(self, runs: Sequence[PlannedRun], out: str, cpus: int,
+    def execute(self, runs: Sequence[PlannedRun], out: str, cpus: int | None,
                 on_start: Callable[[int], None]) -> Iterator[tuple[int, Outcome]]:
         if self.workers == 1:
             for i, item in enumerate(runs):
                 on_start(i)
-                yield i, run_one(item.config, out, cpus)
+                yield i, run_one(item.run, out, cpus, rerun=item.rerun, log=self.log, loggers=self.loggers,
+                                 fail_fast=self.fail_fast)
             return
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -217,7 +245,7 @@ class LocalExecutor:
             while pending or active:
                 while pending and len(active) < self.workers:  # at most `workers` in flight: "running" is true
                     i = pending.pop(0)
-                    active[pool.submit(run_one, runs[i].config, out, cpus)] = i
+                    active[pool.submit(run_one, runs[i].config, out, cpus, rerun=runs[i].rerun)] = i
                     on_start(i)
                 finished, _ = wait(list(active), timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -291,8 +319,9 @@ class RayExecutor:
         for i, item in enumerate(runs):
             # max_retries: re-executed when its worker process or node dies (Python errors are not
             # retried: run_one returns them); the new attempt resumes from the dead one's checkpoint
-            ref = remote.options(num_cpus=cpus, num_gpus=gpus(item.config), max_retries=self.max_retries,
-                                 name=f"cml_bench {item.name}").remote(item.config, out, cpus)
+            task = remote.options(num_cpus=cpus, num_gpus=gpus(item.config), max_retries=self.max_retries,
+                                  name=f"cml_bench {item.name}")
+            ref = task.remote(item.config, out, cpus, rerun=item.rerun)
             refs[ref] = i
             on_start(i)  # submitted: running, or waiting for a free slot on the cluster
         try:
@@ -373,11 +402,71 @@ class Progress:
         self.stream.flush()
         self._last = text
 
+    def started(self, index: int) -> None:
+        self.running += 1
+        self.show()
+
+    def ended(self, index: int, outcome: Outcome) -> None:
+        self.running -= 1
+        if outcome.error is None:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.show()
+
+    def tick(self) -> None:
+        self.show()
+
     def close(self) -> None:
         self.show()
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class RunPrinter:
+    """The `run` command's report, in plan order on stdout: a run's own lines as it trains, then its
+    summary table and folder; a run already done is named, with the table read back from its folder."""
+
+    def __init__(self, planned: Sequence[PlannedRun]):
+        self.planned = list(planned)
+        self.shown = 0  # the runs before this index are printed
+
+    def _results(self, summary: str, path: str | Path) -> None:
+        print(summary)
+        print(f"\nResults: {path}/metrics.csv (config, manifest and summary beside it)\n")
+
+    def _already_done(self, item: PlannedRun, path: str | Path) -> None:
+        import pandas as pd
+
+        from cml_bench.results import summary_table
+
+        print(f"{item.name}: already done with this config, skipped ({path}; --rerun runs it again)")
+        self._results(summary_table(pd.read_csv(Path(path) / "metrics.csv")), path)
+
+    def _skipped_until(self, index: int) -> None:
+        for item in self.planned[self.shown:index]:
+            if item.done is not None:
+                self._already_done(item, item.done)
+        self.shown = max(self.shown, index)
+
+    def started(self, index: int) -> None:
+        self._skipped_until(index)
+
+    def ended(self, index: int, outcome: Outcome) -> None:
+        assert outcome.error is None, "the run command's executor raises a run's error (fail_fast)"
+        item, self.shown = self.planned[index], index + 1
+        if outcome.note == "already finished":  # finished by another process since it was planned
+            self._already_done(item, outcome.path)
+            return
+        print(f"\n{item.name}: after the last task, on the test sets of all tasks ({outcome.wall_time_s:.0f} s)")
+        self._results(outcome.summary, outcome.path)
+
+    def tick(self) -> None:
+        """Nothing to redraw: the runs print their own lines as they train."""
+
+    def close(self) -> None:
+        self._skipped_until(len(self.planned))
 
 
 def _duration(seconds: float) -> str:
@@ -390,25 +479,29 @@ def _duration(seconds: float) -> str:
 
 
 def run_sweep(planned: Sequence[PlannedRun], out: str | Path, executor: LocalExecutor | RayExecutor,
-              cpus: int = 1, gpus: float | None = None, stream: TextIO | None = None) -> SweepReport:
-    """Run every planned run that is not done yet with ``executor``; show progress; return the report.
+              cpus: int | None = 1, gpus: float | None = None, stream: TextIO | None = None,
+              reporter: Progress | RunPrinter | None = None) -> SweepReport:
+    """Run every planned run that is not done yet with ``executor``; report as runs start and end
+    (default: the progress line on ``stream``); return the report.
 
-    ``gpus`` per run; ``None``: 1 for a config whose device is CUDA, else 0 (Ray executor only).
+    ``cpus``: torch threads per run (None: as they are). ``gpus`` per run; ``None``: 1 for a config
+    whose device is CUDA, else 0 (Ray executor only).
     """
-    if cpus < 1:
+    if cpus is not None and cpus < 1:
         raise ConfigError(f"--cpus-per-run must be >= 1, got {cpus}.")
     if gpus is not None and (gpus < 0 or (gpus > 1 and not float(gpus).is_integer())):
         raise ConfigError(f"--gpus-per-run must be a fraction of one GPU (0.25 packs 4 runs on each GPU) or a "
                           f"whole number of GPUs, got {gpus}.")
+    start = time.monotonic()
     report = SweepReport(list(planned))
     todo = [i for i, p in enumerate(report.planned) if p.done is None]
-    progress = Progress(len(report.planned), len(report.planned) - len(todo), stream)
-    progress.show(force=True)
+    if reporter is None:
+        reporter = Progress(len(report.planned), len(report.planned) - len(todo), stream)
+        reporter.show(force=True)
     runs = [report.planned[i] for i in todo]
 
-    def started(_: int) -> None:
-        progress.running += 1
-        progress.show()
+    def started(j: int) -> None:
+        reporter.started(todo[j])
 
     out = str(out)
     if isinstance(executor, RayExecutor):
@@ -417,16 +510,13 @@ def run_sweep(planned: Sequence[PlannedRun], out: str | Path, executor: LocalExe
     else:
         events = executor.execute(runs, out, cpus, started)
     for j, outcome in events:
-        if j >= 0:
-            report.outcomes[todo[j]] = outcome
-            progress.running -= 1
-            if outcome.error is None:
-                progress.done += 1
-            else:
-                progress.failed += 1
-        progress.show()
-    progress.close()
-    report.wall_time_s = time.monotonic() - progress.start
+        if j < 0:
+            reporter.tick()
+            continue
+        report.outcomes[todo[j]] = outcome
+        reporter.ended(todo[j], outcome)
+    reporter.close()
+    report.wall_time_s = time.monotonic() - start
     return report
 
 

@@ -105,11 +105,10 @@ COUNTED = _register_counted()
 
 def level_main(args: argparse.Namespace) -> int:
     """The child of one level: a local sweep of ``args.level`` runs sharing the device."""
-    from cml_bench.runner import resolve_config, strategy_label
+    from cml_bench.resolved import resolve_run
     from cml_bench.sweep import LocalExecutor, PlannedRun, run_sweep
 
-    configs = [resolve_config(run_layer(args, COUNTED), {"seed": seed}) for seed in range(args.level)]
-    planned = [PlannedRun(c, strategy_label(c)) for c in configs]
+    planned = [PlannedRun(resolve_run(run_layer(args, COUNTED), {"seed": seed})) for seed in range(args.level)]
     with open(Path(os.environ[PROGRESS_ENV]) / "sweep.log", "w") as log:
         report = run_sweep(planned, args.out, LocalExecutor(args.level), cpus=args.cpus_per_run, stream=log)
     for item, outcome in report.failed:

@@ -45,6 +45,20 @@ def test_head_suffix_sets_model_head_and_options_resolved():
     assert config.benchmark.options["scale"] == pytest.approx(0.3)
 
 
+def test_a_resolved_run_carries_its_specs_typed_options_head_and_label():
+    from cml_bench.resolved import ResolvedRun, resolve_run
+
+    run = resolve_run({"strategy": {"name": "prs+cos", "options": {"rho": 0.5}}, "seed": 2})
+    assert (run.head, run.label, run.name) == ("cos", "prs+cos", "prs+cos on synth-cocoseq, seed 2")
+    assert run.strategy.name == "prs" and isinstance(run.strategy_options, run.strategy.options)
+    assert run.strategy_options.rho == 0.5 and run.benchmark_options.scale == pytest.approx(0.3)
+    assert ResolvedRun.of(run) is run  # resolved once, then passed along
+    # a resolved config (e.g. a run folder's config.yaml) resolves to the same run, and is left as it was
+    stored = resolve({"strategy": {"name": "prs+cos"}})
+    before = stored.to_dict()
+    assert ResolvedRun.of(stored).config.model.head == "cos" and stored.to_dict() == before
+
+
 def test_strategy_and_benchmark_options_validated():
     with pytest.raises(ConfigError, match=r"Unknown config key 'strategy.options.lambda'"):
         resolve_config({"strategy": {"name": "ewc", "options": {"lambda": 1.0}}})

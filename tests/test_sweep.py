@@ -46,11 +46,12 @@ def test_seeds_accept_lists_and_ranges():
 
 
 def test_grid_is_benchmarks_x_strategies_x_seeds(tiny_layer):
-    configs = expand_grid(tiny_layer, {}, strategies=["finetune", "prs+ssca"], seeds=[0, 2])
-    assert [(c.strategy.name, c.model.head, c.seed) for c in configs] == [
-        ("finetune", "pooled", 0), ("finetune", "pooled", 2), ("prs+ssca", "ssca", 0), ("prs+ssca", "ssca", 2)]
+    runs = expand_grid(tiny_layer, {}, strategies=["finetune", "prs+ssca"], seeds=[0, 2])
+    assert [(r.config.strategy.name, r.head, r.label, r.config.seed) for r in runs] == [
+        ("finetune", "pooled", "finetune", 0), ("finetune", "pooled", "finetune", 2),
+        ("prs+ssca", "ssca", "prs+ssca", 0), ("prs+ssca", "ssca", "prs+ssca", 2)]
     # run --seeds N counts up from the config's seed
-    assert [c.seed for c in expand_grid(tiny_layer, {"seed": 5}, n_seeds=2)] == [5, 6]
+    assert [r.config.seed for r in expand_grid(tiny_layer, {"seed": 5}, n_seeds=2)] == [5, 6]
 
 
 def test_progress_line_and_summary_name_failed_runs(tiny_layer):
@@ -60,8 +61,8 @@ def test_progress_line_and_summary_name_failed_runs(tiny_layer):
     progress.show()
     assert "sweep: 2/4 done, 1 running, 1 failed, 1 skipped" in stream.getvalue()
     assert "ETA" in stream.getvalue()
-    (config,) = expand_grid(tiny_layer, {}, strategies=["prs"], seeds=[1])
-    report = SweepReport([PlannedRun(config, "prs")], {0: Outcome(error="ConfigError: no GPU\nmore")})
+    (run,) = expand_grid(tiny_layer, {}, strategies=["prs"], seeds=[1])
+    report = SweepReport([PlannedRun(run)], {0: Outcome(error="ConfigError: no GPU\nmore")})
     text = summary_text(report, "out")
     assert "1 failed" in text and "FAILED prs on synth-cocoseq, seed 1: ConfigError: no GPU" in text
 
@@ -104,6 +105,23 @@ def test_resubmitted_sweep_skips_finished_runs(tiny_layer, tmp_path, capsys):
     assert _run_folders(out) == ["finetune/seed0", "finetune/seed1", "finetune/seed2"]
     assert main(["leaderboard", str(out)]) == 0
     assert "| finetune |" in capsys.readouterr().out
+
+
+def test_run_resolves_its_run_once_and_sweep_rerun_runs_again(tiny_layer, tmp_path, capsys, monkeypatch):
+    import cml_bench.resolved as resolved
+
+    validated = []
+    real = resolved.build_dataclass
+    monkeypatch.setattr(resolved, "build_dataclass", lambda cls, values, path="": validated.append(path) or
+                        real(cls, values, path))
+    argv = ["--config", str(_tiny_config(tiny_layer, tmp_path)), "--out", str(tmp_path / "out"),
+            "--strategy", "finetune"]
+    assert main(["run", *argv]) == 0
+    assert validated == ["benchmark.options", "strategy.options"]  # planning, identity and training share it
+    capsys.readouterr()
+    assert main(["sweep", *argv, "--rerun"]) == 0  # not "already finished": a second folder
+    assert "1 finished, 0 skipped (already done), 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").glob("synth-cocoseq/finetune/seed0-*"))) == 2
 
 
 def test_ray_executor_without_ray_says_how_to_install(tiny_layer, tmp_path, capsys, monkeypatch):
