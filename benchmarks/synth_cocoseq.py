@@ -259,7 +259,8 @@ class Painter:
         self.sprite_sizes = np.arange(options.sprite_min, options.sprite_max + 1)
         if grids is None:
             grids = draw_grids(rng, num_classes + CLUTTER_SPRITES)  # classes first, then the clutter pool
-        sprites = PALETTE[np.asarray(grids)].transpose(0, 3, 1, 2)  # [K, 3, 4, 4]
+        self.grids = np.asarray(grids)  # palette indices, for the pretraining source's distance checks
+        sprites = PALETTE[self.grids].transpose(0, 3, 1, 2)  # [K, 3, 4, 4]
         self.num_classes = num_classes
         self.num_sprites = len(sprites)
         self.scaled = {int(s): sprites[:, :, (np.arange(s) * 4) // s][:, :, :, (np.arange(s) * 4) // s]

@@ -42,6 +42,19 @@ def test_source_sprites_are_far_from_every_benchmark_sprite():
     assert min_distance(default[:5], reserved).max() == 0
 
 
+def test_mlcil_default_sprites_are_far_from_the_source_and_it_loads_the_weights():
+    """synth-mlcil starts from the same pretrained backbone, so its sprites must avoid the source too."""
+    from benchmarks.synth_mlcil import SynthMLCILOptions, painter_for
+
+    source = source_grids(SynthPretrainOptions())
+    for seed in (0, 1, 2):
+        _, painter = painter_for(SynthMLCILOptions(data_seed=seed))
+        assert len(painter.grids) == SynthMLCILOptions().classes + CLUTTER_SPRITES
+        assert min_distance(source, painter.grids.reshape(-1, 16)).min() >= MIN_DISTANCE
+    config = resolve_config({"benchmark": {"name": "synth-mlcil"}})
+    assert config.model.pretrained and config.model.weights == "synth-resnet10t"
+
+
 def test_source_without_the_rejection_would_come_near():
     """The bound is not vacuous: unconstrained draws do land within MIN_DISTANCE of benchmark sprites."""
     from benchmarks.synth_cocoseq import draw_grids
