@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from cml_bench import mlcil, significance
-from cml_bench.evaluator import ATTRIBUTE_METRICS, HEADLINE_METRIC
+from cml_bench.metrics import ATTRIBUTE_METRICS
 from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
 from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
 from cml_bench.scores import SCORES_FILE, load_scores
@@ -35,7 +35,7 @@ METRICS = ("CF1", "OF1", "mAP")
 GROUPS = tuple(GROUP_ORDER)  # majority, moderate, minority, all ("overall" in tables and plots)
 STATS = ("mean", "std", "n")
 GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
-# Leaderboard columns (metrics, groups) of each metric family (see cml_bench.evaluator): single-task
+# Leaderboard columns (metrics, groups) of each metric family (see cml_bench.metrics): single-task
 # streams have no class groups; generic ones show the thresholded and the top-3 F1 scores.
 FAMILY_COLUMNS = {
     "continual": (METRICS, GROUPS),

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from cml_bench.config import ConfigError, RunConfig, dump_yaml, resolve
-from cml_bench.evaluator import FAMILY_METRICS
+from cml_bench.metrics import FAMILY_METRICS
+
 
 class RunFolderError(ValueError):
     """A run folder cannot be created, written, locked or trusted; the message says what to do."""

@@ -140,7 +140,7 @@ def run(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark | Non
     for size in {train_size, eval_size} - {None}:  # fail before training, not at the first evaluation
         model.backbone.check_input_size(size)
     evaluator = Evaluator(benchmark, config.eval, device,
-                          labels={"benchmark": meta.name, "strategy": label, "seed": config.seed},
+                          run_columns={"benchmark": meta.name, "strategy": label, "seed": config.seed},
                           image_size=eval_size, precision=config.train.precision,
                           channels_last=config.train.channels_last)
     check_loggers(loggers)

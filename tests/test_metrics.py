@@ -10,9 +10,11 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 import cml_bench.metrics as metrics
 from cml_bench.metrics import (
     CLASSES_DROPPED,
+    FAMILY_METRICS,
     attribute_metrics,
     average_incremental,
     average_precision,
+    family_metrics,
     forgetting,
     group_columns,
     group_metrics,
@@ -205,6 +207,28 @@ def test_group_metrics_equals_the_per_group_calls_and_sklearn(seed):
         assert res["all"]["CP"] == pytest.approx(100 * precision_score(y, pred, average="macro", zero_division=0))
         assert res["all"]["OR"] == pytest.approx(100 * recall_score(y, pred, average="micro", zero_division=0))
         assert res["all"]["mAP"] == pytest.approx(np.mean(_sklearn_ap(scores[:, kept], y)))
+
+
+def test_family_metrics_is_the_suite_of_each_kind():
+    """What the evaluator writes and the bootstrap recomputes: one suite per ``BenchmarkMeta.kind``."""
+    scores, targets = _random(3, n=80, m=6)
+    groups, classes = {"common": [0, 1], "rare": [5, 4]}, [0, 1, 2, 4, 5]
+    plain = group_metrics(scores, targets, groups, classes=classes)
+    assert family_metrics("continual", scores, targets, groups, 0.5, classes) == plain
+    assert family_metrics("mlcil", scores, targets, groups, 0.5, classes) == plain
+    generic = family_metrics("generic", scores, targets, groups, 0.5, classes)
+    assert generic == group_metrics(scores, targets, groups, classes=classes, top_k=3)
+    assert set(generic["rare"]) == {*FAMILY_METRICS["generic"], CLASSES_DROPPED}
+    two = family_metrics("generic", scores[:, :2], targets[:, :2], {}, 0.5)  # fewer columns than the top 3
+    assert set(two["all"]) == {*FAMILY_METRICS["continual"], CLASSES_DROPPED}
+    attribute = family_metrics("attribute", scores, targets, groups, 0.3, classes)
+    assert list(attribute) == ["all", "common", "rare"]
+    assert attribute["rare"] == attribute_metrics(scores[:, [5, 4]], targets[:, [5, 4]], threshold=0.3)
+    assert attribute["all"] == attribute_metrics(scores[:, classes], targets[:, classes], threshold=0.3)
+    with pytest.raises(ValueError, match="metric family .* 'weird' \\(benchmark 'b'\\)"):
+        family_metrics("weird", scores, targets, groups, 0.5, benchmark="b")
+    with pytest.raises(ValueError, match="Benchmark 'pa' gives an evaluation ignore mask"):
+        family_metrics("attribute", scores, targets, groups, 0.5, ignore=np.zeros(scores.shape, bool), benchmark="pa")
 
 
 def test_group_columns():

@@ -175,7 +175,7 @@ def test_seen_union_counts_each_image_once(coco_store):
 
     last = bench.meta.num_tasks - 1
     cfg = EvalConfig(threshold=0.8)
-    seen = Evaluator(bench, cfg, "cpu", labels={}).after_task(Colour(), last)["all"]
+    seen = Evaluator(bench, cfg, "cpu", run_columns={}).after_task(Colour(), last)["all"]
     from cml_bench.stream import MultiLabelTensorDataset
     from cml_bench.store import MemmapRows
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import nuswide
-from cml_bench.evaluator import FAMILY_METRICS
+from cml_bench.metrics import FAMILY_METRICS
 from cml_bench.metrics import CLASSES_DROPPED
 from cml_bench.prepared import read_prs_lists
 from cml_bench.store import BadImagesError, StoreVersionError, open_store

@@ -23,8 +23,8 @@ from PIL import Image
 from benchmarks import coco2014, voc2007
 from cml_bench.cli import main
 from cml_bench.config import EvalConfig
-from cml_bench.evaluator import FAMILY_METRICS, Evaluator, predict
-from cml_bench.metrics import CLASSES_DROPPED, multilabel_metrics, topk_metrics
+from cml_bench.evaluator import Evaluator, predict
+from cml_bench.metrics import CLASSES_DROPPED, FAMILY_METRICS, multilabel_metrics, topk_metrics
 from cml_bench.registry import BENCHMARKS
 from cml_bench.single_task import StoreOptions
 from cml_bench.store import BadImagesError, open_store
@@ -282,7 +282,7 @@ def test_voc_evaluator_difficult_pairs_are_neither_predictions_nor_positives(voc
         def forward(self, x):
             return torch.full((len(x), 20), 4.0)
 
-    seen = Evaluator(bench, EvalConfig(), "cpu", labels={}).after_task(Everything(), 0)
+    seen = Evaluator(bench, EvalConfig(), "cpu", run_columns={}).after_task(Everything(), 0)
     assert seen["all"]["OP"] == pytest.approx(100 * 4 / 15) and seen["all"]["OR"] == 100
     assert seen["all"][CLASSES_DROPPED] == 16
     targets = np.stack([y.numpy() for _, y, _ in bench.test_stream[0].dataset])
