@@ -214,7 +214,7 @@ def _train(config: RunConfig, out: str | Path, benchmark: MultiLabelBenchmark, s
     evaluator.finish()
     recorder.finish(staging)  # A_auc rows, anytime.csv, memory.csv, scores.npz; closes the loggers
     wall = time.perf_counter() - start
-    extra = {"strategy_label": label, "resumed_after_task": done if done >= 0 else None,
+    extra = {"strategy_label": label, "benchmark_kind": meta.kind, "resumed_after_task": done if done >= 0 else None,
              "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity,
              "weights": model.backbone.weights_info,
              "recording": {k: round(v, 3) for k, v in recorder.cost.items()}}

@@ -14,7 +14,7 @@ from cml_bench import metrics
 from cml_bench.config import EvalConfig
 from cml_bench.evaluator import Evaluator, predict
 from cml_bench.metrics import ATTRIBUTE_METRICS, FAMILY_METRICS, MAIN_METRICS
-from cml_bench.results import summary_table
+from cml_bench.results import read_manifest, summary_table
 from cml_bench.stream import BenchmarkMeta, MultiLabelTensorDataset, make_benchmark
 
 M = 6
@@ -172,6 +172,7 @@ def test_generic_single_task_run_end_to_end(tiny_layer, tmp_path):
     result = run(config, tmp_path, benchmark=_bench("generic", n=16), log=lambda *a, **k: None)
     frame = pd.read_csv(result.path / "metrics.csv")
     assert set(frame.metric) == {*FAMILY_METRICS["generic"], metrics.CLASSES_DROPPED}
+    assert read_manifest(result.path)["benchmark_kind"] == "generic"  # the leaderboard's family
     assert len(FAMILY_METRICS["generic"]) == 13
     assert frame.value.dropna().between(0, 100).all()
     assert "CF1@3" in result.summary and ATTRIBUTE_METRICS[0] not in result.summary.split("|")
