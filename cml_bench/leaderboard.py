@@ -696,7 +696,9 @@ def _anytime_markdown(df: pd.DataFrame, alpha: float, against: str | None) -> st
     """A_auc (anytime subsets) next to final mAP (full test sets), with the same significance marks."""
     rows = df[df["strategy"].isin(set(df.loc[df["metric"] == AUC_METRIC, "strategy"]))]
     columns = ((AUC_METRIC, "mAP"), ("all",))
-    marks = significance.compare_to_reference(per_seed_table(rows, *columns), alpha, against)
+    seeds = per_seed_table(rows, *columns)
+    # no bootstrap here (A_auc cannot be recomputed from scores.npz): the CI columns say "not available"
+    marks, _ = significance.add_bootstrap(significance.compare_to_reference(seeds, alpha, against), seeds, None, 0)
     return ("## Anytime evaluation\n\nA_auc_mAP: area under the mAP-vs-samples curve of the anytime "
             "evaluation (Koh et al., ICLR 2022; the seen tasks' test subsets of `eval.anytime_subset` "
             "images), next to the final mAP on the full test sets.\n\n"

@@ -324,6 +324,22 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     assert (results / "leaderboard.md").is_file()
 
 
+def test_anytime_table_with_paired_seeds(results, tmp_path):
+    """Runs with A_auc rows and several seeds: the anytime table is tested by seed like the others
+    (its bootstrap interval "not available": A_auc is not recomputable from scores.npz)."""
+    for path in results.rglob("metrics.csv"):
+        if path.parent.name.startswith(".") or path.parts[-3] not in ("prs", "finetune"):
+            continue
+        frame = pd.read_csv(path)
+        last = frame[(frame.trained_through_task == TASKS - 1) & (frame.eval_on == "seen") & (frame.group == "all")
+                     & (frame.metric == "mAP")]
+        pd.concat([frame, last.assign(metric="A_auc_mAP", value=last.value + 1)]).to_csv(path, index=False)
+    md = lb.write_leaderboard(results, tmp_path / "board")
+    anytime = md[md.index("## Anytime evaluation"):]
+    assert "| prs | **45.0 ± 3.6** |" in anytime and "| finetune |" in anytime
+    assert "paired t-test (3) | " in anytime and anytime.rstrip().count("not available") >= 1
+
+
 def test_forgetting_table_and_long_export(results, tmp_path):
     table = lb.forgetting_table(lb.load_results(results))
     prs = table[(table.strategy == "prs") & (table.task == "mean") & (table.metric == "mAP")]
