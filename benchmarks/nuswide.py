@@ -229,7 +229,7 @@ PRS_DEFAULTS = {
                                 "`data prepare nuswideseq`")
 def build_seq(options: NuswideseqOptions):
     store = open_prepared_store(options.root, SEQ.name, BUILDER_VERSION, SEQ_HINT, what=SEQ.title)
-    return benchmark_from_store(store, SEQ, default_buffer_size=2000, prs_rho=0.02)
+    return benchmark_from_store(store, SEQ, default_buffer_size=2000, memory_rho=0.02)
 
 
 # ---------------------------------------------------------------------------- nuswide (single task)

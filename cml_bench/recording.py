@@ -268,7 +268,7 @@ class RunRecorder(SupervisedPlugin):
         for plugin in self.replay:
             buffer = plugin.buffer
             counts, seen = buffer.class_counts, buffer.n_c
-            target = target_distribution(seen, self.meta.prs_rho)
+            target = target_distribution(seen, self.meta.memory_rho)
             names = self.meta.class_names
             at = {**self.evaluator.run_columns, "task": task, "iteration": self.iteration, "samples": self.samples,
                   "point": point, "fill": len(buffer), "capacity": buffer.capacity}
