@@ -1,13 +1,10 @@
 """Tests of cml_bench.metrics against scikit-learn and hand-computed cases."""
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
-import cml_bench.metrics as metrics
 from cml_bench.metrics import (
     CLASSES_DROPPED,
     FAMILY_METRICS,
@@ -385,15 +382,6 @@ def test_thresholded_metrics_reject_logits_and_bad_threshold():
 def test_classes_validation(classes):
     with pytest.raises(ValueError, match="argument `classes`"):
         multilabel_metrics(np.full((2, 3), 0.5), np.zeros((2, 3)), classes=classes)
-
-
-# ----------------------------------------------------------------------------- doctests
-
-
-def test_doctests():
-    result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 # ----------------------------------------------------------------------------- ignored pairs (VOC difficult)
