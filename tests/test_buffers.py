@@ -19,14 +19,12 @@ import pytest
 from scipy.stats import chisquare
 
 import cml_bench.buffers.prs as prs_module
+from benches.reference_prs import ReferencePRS
 from cml_bench.buffers import (BufferContractError, KeyedBuffer, PRSBuffer, ReplayBuffer, ReservoirBuffer,
                                buffer_classes, check_contract)
 from cml_bench.buffers.base import label_lists
 from cml_bench.buffers.contract import Caller, long_tailed_stream
 from cml_bench.registry import STRATEGIES
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_prs import ReferencePRS  # noqa: E402
 
 STRATEGIES.discover()  # a strategy plugin file may define its own buffer: import the plugins first
 EVERY = buffer_classes()

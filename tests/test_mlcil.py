@@ -30,7 +30,7 @@ from cml_bench.results import metric_family
 from cml_bench.runner import build_benchmark, resolve_config, run
 from cml_bench.single_task import StoreOptions
 from cml_bench.store import open_store
-from test_single_task import make_coco_tree, make_voc_tree  # noqa: E402 (tests/ is on sys.path under pytest)
+from helpers import make_coco_tree, make_voc_tree
 
 COCO_NAMES = COCOSEQ_NAMES + ("person", "cup", "cell phone", "wine glass", "knife", "keyboard", "mouse",
                               "microwave", "toaster", "hair drier")
