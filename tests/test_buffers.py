@@ -9,6 +9,7 @@ paper says its buffer favours is in ``test_buffers_selection.py``.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -318,7 +319,7 @@ def test_bad_labels(cls):
 
 
 # ---------------------------------------------------------------------------- the contract itself
-class _Ring(ReplayBuffer):
+class RingBuffer(ReplayBuffer):
     """Overwrites its oldest slot; keeps its position in its state."""
 
     def __init__(self, capacity: int, num_classes: int, seed: int = 0) -> None:
@@ -337,7 +338,7 @@ class _Ring(ReplayBuffer):
         self.head = int(state["head"])
 
 
-class _LeakyRing(_Ring):
+class LeakyRingBuffer(RingBuffer):
     """Forgets its position on load: a resumed run would overwrite other slots."""
 
     def load_state_dict(self, state):
@@ -388,11 +389,11 @@ class _WithReplacement(ReservoirBuffer):
     (_OutOfRange, "capacity: .*AssertionError"),
     (_ForgetsClasses, "bookkeeping: .*n_c differs"),
     (_FirstOfBatch, "batches: .*offer_batch decided otherwise than one offer per row"),
-    (_LeakyRing, "state round trip: .*a restored buffer decides or draws otherwise"),
+    (LeakyRingBuffer, "state round trip: .*a restored buffer decides or draws otherwise"),
     (_WithReplacement, "sampling: .*sample\\(k > len\\)"),
 ], ids=lambda x: x.__name__ if isinstance(x, type) else "")
 def test_the_contract_names_the_rule_a_buffer_breaks(cls, rule):
-    check_contract(_Ring)  # the same design, kept right
+    check_contract(RingBuffer)  # the same design, kept right
     with pytest.raises(BufferContractError, match=f"^{cls.__qualname__} breaks the buffer contract, {rule}"):
         check_contract(cls)
 
@@ -402,7 +403,7 @@ def test_buffer_classes_are_every_concrete_subclass_at_any_depth():
         pass
 
     found = buffer_classes()
-    assert Deeper in found and _Ring in found and _LeakyRing in found
+    assert Deeper in found and RingBuffer in found and LeakyRingBuffer in found
     assert ReplayBuffer not in found and KeyedBuffer not in found  # bases that decide nothing
     with pytest.raises(TypeError, match="ReplayBuffer subclass"):
         check_contract("prs")
@@ -416,31 +417,7 @@ from cml_bench.replay import ReplayOptions, replay_plugin
 from cml_bench.strategy import StrategyContext, register_strategy
 
 
-class UserRingBuffer(ReplayBuffer):
-    """Overwrites its oldest slot; its position is part of its state."""
-
-    def __init__(self, capacity, num_classes, seed=0):
-        super().__init__(capacity, num_classes, seed)
-        self.head = 0
-
-    def _choose_slot(self, row, labels):
-        slot, self.head = self.head, (self.head + 1) % self.capacity
-        return slot
-
-    def state_dict(self):
-        return {**super().state_dict(), "head": self.head}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.head = int(state["head"])
-
-
-class UserLeakyRingBuffer(UserRingBuffer):
-    """Its position is not restored on load."""
-
-    def load_state_dict(self, state):
-        ReplayBuffer.load_state_dict(self, state)
-
+{buffers}
 
 @dataclass(frozen=True)
 class RingOptions(ReplayOptions):
@@ -449,7 +426,7 @@ class RingOptions(ReplayOptions):
 
 @register_strategy("user-ring", options=RingOptions, description="online replay from a ring memory")
 def build(options: RingOptions, ctx: StrategyContext) -> list:
-    return [replay_plugin(UserRingBuffer, options, ctx)]
+    return [replay_plugin(RingBuffer, options, ctx)]
 '''
 
 
@@ -457,14 +434,15 @@ def test_the_contract_covers_a_buffer_defined_in_a_strategy_plugin_file(tmp_path
     """This file's contract test, run with a plugin folder (as ``--plugins`` sets it), checks the
     buffers that the user's strategy file defines: the sound one passes, the leaky one fails."""
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "user_ring.py").write_text(PLUGIN)
+    buffers = "\n\n".join(inspect.getsource(cls) for cls in (RingBuffer, LeakyRingBuffer))
+    (tmp_path / "plugins" / "user_ring.py").write_text(PLUGIN.format(buffers=buffers))
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(Path(__file__)),
-         "-k", "test_buffer_contract and User"], cwd=root, capture_output=True, text=True, timeout=600,
+         "-k", "test_buffer_contract and RingBuffer"], cwd=root, capture_output=True, text=True, timeout=600,
         env={**os.environ, "CML_BENCH_PLUGINS": str(tmp_path / "plugins"), "PYTHONPATH": str(root)})
     out = done.stdout
-    assert "PASSED tests/test_buffers.py::test_buffer_contract[UserRingBuffer]" in out, out[-3000:] + done.stderr[-2000:]
-    assert "FAILED tests/test_buffers.py::test_buffer_contract[UserLeakyRingBuffer]" in out, out[-3000:]
-    assert "UserLeakyRingBuffer breaks the buffer contract, state round trip" in out
+    assert "PASSED tests/test_buffers.py::test_buffer_contract[RingBuffer]" in out, out[-3000:] + done.stderr[-2000:]
+    assert "FAILED tests/test_buffers.py::test_buffer_contract[LeakyRingBuffer]" in out, out[-3000:]
+    assert "LeakyRingBuffer breaks the buffer contract, state round trip" in out
     assert done.returncode == 1 and "1 failed, 1 passed" in out
