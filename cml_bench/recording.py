@@ -216,8 +216,9 @@ class RunRecorder(SupervisedPlugin):
                 rows = rows.dropna(subset=["value"])
                 if len(rows):
                     value = area_under_curve(rows["samples"], rows["value"])
-                    self.evaluator.rows.append({**self.evaluator.run_columns, "trained_through_task": self.meta.num_tasks - 1,
-                                                "eval_on": "seen", "group": group, "metric": AUC_METRIC, "value": value})
+                    self.evaluator.rows.append({**self.evaluator.run_columns,
+                                                "trained_through_task": self.meta.num_tasks - 1, "eval_on": "seen",
+                                                "group": group, "metric": AUC_METRIC, "value": value})
             # where each task ends, in stream samples (the plots' task lines); a joint run is one task
             sizes = [len(e.dataset) * self.epochs for e in self.evaluator.benchmark.train_stream]
             ends = [sum(sizes)] * len(sizes) if self.joint else np.cumsum(sizes).tolist()
