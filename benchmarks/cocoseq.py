@@ -149,4 +149,4 @@ class CocoseqOptions:
 )
 def build(options: CocoseqOptions):
     store = open_prepared_store(options.root, PROTOCOL.name, BUILDER_VERSION, PREPARE_HINT, what=PROTOCOL.title)
-    return benchmark_from_store(store, PROTOCOL, default_buffer_size=2000, prs_rho=-0.03)
+    return benchmark_from_store(store, PROTOCOL, default_buffer_size=2000, memory_rho=-0.03)

@@ -234,7 +234,7 @@ PRS_DEFAULTS = {
                                       (NUSWIDE_ROOT, *prs_list_options(SEQ)), size=SEQ_SIZE))
 def build_seq(options: NuswideseqOptions):
     store = open_prepared_store(options.root, SEQ.name, BUILDER_VERSION, SEQ_HINT, what=SEQ.title)
-    return benchmark_from_store(store, SEQ, default_buffer_size=2000, prs_rho=0.02)
+    return benchmark_from_store(store, SEQ, default_buffer_size=2000, memory_rho=0.02)
 
 
 # ---------------------------------------------------------------------------- nuswide (single task)

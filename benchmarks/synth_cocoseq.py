@@ -359,7 +359,7 @@ def build_meta(options: SynthCocoseqOptions) -> BenchmarkMeta:
         task_ids=COCOSEQ_TASK_ORDER,
         train_class_counts=tuple(int(c) for c in counts),
         default_buffer_size=max(10, round(2000 * options.scale)),
-        prs_rho=-0.03,
+        memory_rho=-0.03,
         joint_epochs=JOINT_EPOCHS,
     )
 

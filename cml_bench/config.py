@@ -32,6 +32,9 @@ def require(ok: bool, key: str, expected: str, value: Any) -> None:
     """Raise a one-line ConfigError naming ``key`` unless ``ok`` (range checks of config values).
 
     >>> require(10 >= 1, "train.batch_size", "an integer >= 1", 10)
+    >>> require(0 >= 1, "train.batch_size", "an integer >= 1", 0)
+    Traceback (most recent call last):
+    cml_bench.config.ConfigError: train.batch_size: expected an integer >= 1, got 0.
     """
     if not ok:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}.")

@@ -6,7 +6,7 @@ and the union of the seen test sets on all seen classes (``eval_on = "seen"``; a
 this is PRS's 'tally' evaluation on every test set). Each is reported for all classes and for each
 class group (majority / moderate / minority) restricted to the classes evaluated.
 
-Which metrics are computed depends on ``BenchmarkMeta.kind`` (:data:`FAMILY_METRICS`):
+Which metrics are computed depends on ``BenchmarkMeta.kind`` (``metrics.FAMILY_METRICS``):
 ``continual`` streams get mAP, CP/CR/CF1 and OP/OR/OF1; ``generic`` single-task streams add the
 top-3 variants (CP@3 ... OF1@3); ``attribute`` streams (pedestrian attributes) get mA, Accu, Prec,
 Recall and F1. A single-task stream is one experience: its ``task0`` and ``seen`` rows coincide
@@ -40,18 +40,6 @@ from cml_bench.config import EvalConfig
 from cml_bench.stream import MultiLabelBenchmark
 from cml_bench.training import autocast, model_input
 
-MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
-TOP_K = 3  # the generic protocol's top-3 predictions per image
-ATTRIBUTE_METRICS = ("mA", "Accu", "Prec", "Recall", "F1")
-FAMILY_METRICS = {
-    "continual": MAIN_METRICS,
-    "generic": MAIN_METRICS + tuple(f"{m}@{TOP_K}" for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")),
-    "attribute": ATTRIBUTE_METRICS,
-    mlcil.KIND: MAIN_METRICS,
-}
-HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA", mlcil.KIND: "mAP"}
-
-
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
             desc: str = "eval", image_size: tuple[int, int] | None = None, precision: str = "fp32",
@@ -76,26 +64,12 @@ def predict(model: torch.nn.Module, dataset, batch_size: int, device: torch.devi
     return torch.cat(scores).numpy(), (torch.cat(targets) > 0.5).numpy().astype(np.uint8)
 
 
-def family_metrics(kind: str, scores: np.ndarray, targets: np.ndarray, cols: list[int], threshold: float,
-                   ignore: np.ndarray | None = None, benchmark: str = "") -> dict[str, float]:
-    """The metrics of family ``kind`` (:data:`FAMILY_METRICS`) on columns ``cols``: what the evaluator
-    writes for one group, and what the leaderboard's bootstrap recomputes on resampled test sets."""
-    if kind == "attribute":
-        if ignore is not None:
-            raise ValueError(f"Benchmark '{benchmark}' gives an evaluation ignore mask, "
-                             f"which the attribute metrics do not take.")
-        return metrics.attribute_metrics(scores[:, cols], targets[:, cols], threshold=threshold)
-    values = metrics.multilabel_metrics(scores, targets, cols, threshold=threshold, ignore=ignore)
-    if kind == "generic" and scores.shape[1] >= TOP_K:
-        # an image's top 3 are chosen among all its columns, then scored on the group's columns
-        values.update(metrics.topk_metrics(scores, targets, k=TOP_K, classes=cols, ignore=ignore))
-    return values
-
-
 @dataclass
 class Evaluator:
     """Collects long-format metric rows over a run; see the module docstring for what is evaluated.
 
+    ``run_columns``: the columns that say which run a row belongs to (benchmark, strategy, seed),
+    put in front of every row.
     ``image_size``: the test input size (``eval.image_size``, else ``model.image_size``; None = as stored).
     ``precision`` / ``channels_last``: the training run's (``train.precision``, ``train.channels_last``).
     """
@@ -103,7 +77,7 @@ class Evaluator:
     benchmark: MultiLabelBenchmark
     cfg: EvalConfig
     device: torch.device | str
-    labels: dict[str, Any]
+    run_columns: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     matrix: dict[str, np.ndarray] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
@@ -111,44 +85,28 @@ class Evaluator:
     channels_last: bool = False
     final_scores: test_scores.TestScores | None = None  # the last task's 'seen' scores (scores.npz)
 
-    def _groups(self, classes: Iterable[int]) -> dict[str, list[int]]:
-        wanted = set(classes)
-        groups = {"all": sorted(wanted)}
-        for name, cols in self.benchmark.meta.groups.items():
-            kept = [c for c in cols if c in wanted]
-            if kept:
-                groups[name] = kept
-        return groups
-
     def _add(self, trained_through: int, eval_on: str, group: str, values: dict[str, float]) -> None:
         for metric, value in values.items():
-            self.rows.append({**self.labels, "trained_through_task": trained_through,
+            self.rows.append({**self.run_columns, "trained_through_task": trained_through,
                               "eval_on": eval_on, "group": group, "metric": metric,
                               "value": float(value)})
 
     def __post_init__(self) -> None:
-        if self.benchmark.meta.kind not in FAMILY_METRICS:
+        if self.benchmark.meta.kind not in metrics.FAMILY_METRICS:
             raise ValueError(f"Benchmark '{self.benchmark.meta.name}' has kind "
-                             f"'{self.benchmark.meta.kind}'; expected one of {', '.join(FAMILY_METRICS)}.")
+                             f"'{self.benchmark.meta.kind}'; expected one of {', '.join(metrics.FAMILY_METRICS)}.")
 
     @property
     def headline(self) -> str:
         """The metric a progress line shows (mAP, or mA for attribute streams)."""
-        return HEADLINE_METRIC[self.benchmark.meta.kind]
+        return metrics.HEADLINE_METRIC[self.benchmark.meta.kind]
 
     def _score(self, scores: np.ndarray, targets: np.ndarray, classes: Iterable[int],
                ignore: np.ndarray | None = None) -> dict[str, dict]:
-        """Each class group's metrics on the evaluated ``classes`` (one grouping: ``metrics.group_columns``)."""
-        meta, threshold, cols = self.benchmark.meta, self.cfg.threshold, sorted(set(classes))
-        if meta.kind == "attribute":
-            if ignore is not None:
-                raise ValueError(f"Benchmark '{meta.name}' gives an evaluation ignore mask, "
-                                 f"which the attribute metrics do not take.")
-            return {group: metrics.attribute_metrics(scores[:, idx], targets[:, idx], threshold=threshold)
-                    for group, idx in metrics.group_columns(meta.groups, scores.shape[1], cols).items()}
-        # an image's top 3 are chosen among all its columns, then scored on the group's columns
-        top_k = TOP_K if meta.kind == "generic" and scores.shape[1] >= TOP_K else None
-        return metrics.group_metrics(scores, targets, meta.groups, threshold, classes=cols, ignore=ignore, top_k=top_k)
+        """Each class group's metrics on the evaluated ``classes`` (``metrics.family_metrics``)."""
+        meta = self.benchmark.meta
+        return metrics.family_metrics(meta.kind, scores, targets, meta.groups, self.cfg.threshold,
+                                      classes=sorted(set(classes)), ignore=ignore, benchmark=meta.name)
 
     def _ignore(self, task: int) -> np.ndarray | None:
         """Test task ``task``'s evaluation ignore mask (bool ``[N, M]``, VOC's difficult pairs), or None."""
@@ -184,8 +142,9 @@ class Evaluator:
         for group, values in seen.items():
             self._add(trained_through, "seen", group, values)
         if trained_through == meta.num_tasks - 1:  # kept for the leaderboard's bootstrap
+            groups = metrics.group_columns(meta.groups, meta.num_classes, sorted(set(seen_classes)))
             self.final_scores = test_scores.from_evaluation(
-                seen_scores, seen_targets, seen_ignore, range(trained_through + 1), self._groups(seen_classes),
+                seen_scores, seen_targets, seen_ignore, range(trained_through + 1), groups,
                 self.cfg.threshold, meta.kind)
         return seen
 
@@ -215,7 +174,7 @@ class Evaluator:
         """Add forgetting rows (per task and mean) for every metric, from the task x task matrix."""
         last = self.benchmark.meta.num_tasks - 1
         if self.benchmark.meta.kind == mlcil.KIND:  # NaN for a joint run: it has one evaluation point
-            self.rows.append({**self.labels, "trained_through_task": last, "eval_on": "seen", "group": "all",
+            self.rows.append({**self.run_columns, "trained_through_task": last, "eval_on": "seen", "group": "all",
                               "metric": mlcil.AVERAGE_METRIC,
                               "value": mlcil.session_average(self.rows, last + 1)})
         for metric, matrix in self.matrix.items():
@@ -223,8 +182,8 @@ class Evaluator:
                 continue
             forgetting = metrics.forgetting(matrix)
             for j, value in enumerate(forgetting[:-1]):
-                self.rows.append({**self.labels, "trained_through_task": last, "eval_on": f"task{j}",
+                self.rows.append({**self.run_columns, "trained_through_task": last, "eval_on": f"task{j}",
                                   "group": "all", "metric": f"forgetting_{metric}", "value": float(value)})
-            self.rows.append({**self.labels, "trained_through_task": last, "eval_on": "seen",
+            self.rows.append({**self.run_columns, "trained_through_task": last, "eval_on": "seen",
                               "group": "all", "metric": f"forgetting_{metric}",
                               "value": float(np.nanmean(forgetting[:-1]))})

@@ -18,24 +18,23 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from cml_bench import mlcil, significance
-from cml_bench.evaluator import ATTRIBUTE_METRICS, HEADLINE_METRIC
+from cml_bench.metrics import ATTRIBUTE_METRICS
 from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
 from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
 from cml_bench.scores import SCORES_FILE, load_scores
-from cml_bench.results import CSV_COLUMNS, GROUP_ORDER, check_run, metric_family
+from cml_bench.results import CSV_COLUMNS, GROUP_LABELS, GROUP_ORDER, check_run, metric_family
 
 METRICS = ("CF1", "OF1", "mAP")
 GROUPS = tuple(GROUP_ORDER)  # majority, moderate, minority, all ("overall" in tables and plots)
 STATS = ("mean", "std", "n")
-GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
-# Leaderboard columns (metrics, groups) of each metric family (see cml_bench.evaluator): single-task
+# Leaderboard columns (metrics, groups) of each metric family (see cml_bench.metrics): single-task
 # streams have no class groups; generic ones show the thresholded and the top-3 F1 scores.
 FAMILY_COLUMNS = {
     "continual": (METRICS, GROUPS),
@@ -128,12 +127,15 @@ class RunSet:
         legacy: runs whose manifest predates metrics checksums (read unchecked).
         differing: per displayed (benchmark, base strategy) with several configs, the flat config
             keys (and ``data``) whose values differ, per label.
+        kinds: run -> its benchmark's kind (``BenchmarkMeta.kind``: the metric family) as its
+            manifest records it; runs written before manifests recorded it are absent.
     """
 
     frame: pd.DataFrame
     damaged: dict[str, str] = field(default_factory=dict)
     legacy: list[str] = field(default_factory=list)
     differing: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 def _resolved_config(folder: Path) -> dict[str, Any]:
@@ -178,6 +180,8 @@ def load_runs(root: str | Path) -> RunSet:
             continue
         if check.status == "legacy":
             runs.legacy.append(run)
+        if (check.manifest or {}).get("benchmark_kind"):
+            runs.kinds[run] = check.manifest["benchmark_kind"]
         identity = (check.manifest or {}).get("identity") or None
         ident = None if identity is None else (identity.get("data"), identity.get("weights"))
         frames.append(frame.assign(run=run))
@@ -385,6 +389,27 @@ def accuracy_matrix(df: pd.DataFrame) -> pd.DataFrame:
             .agg(mAP_mean="mean", mAP_std="std", n="count").reset_index())
 
 
+def stream_curve(df: pd.DataFrame) -> pd.DataFrame:
+    """mAP on the union of the seen tasks (all classes) after each task: the long rows of the newest
+    run per seed with ``eval_on = seen``, ``group = all`` (what :func:`cml_bench.plots.plot_stream` draws)."""
+    d = latest_runs(df)
+    return d[(d["eval_on"] == "seen") & (d["group"] == "all") & (d["metric"] == "mAP")]
+
+
+def group_results(df: pd.DataFrame) -> pd.DataFrame:
+    """Final mAP per class group (:func:`final_results`), each group named as tables name it
+    (:data:`~cml_bench.results.GROUP_LABELS`; what :func:`cml_bench.plots.plot_groups` draws)."""
+    d = final_results(df)
+    d = d[(d["metric"] == "mAP") & d["group"].isin(list(GROUP_LABELS))]
+    return d.assign(group=d["group"].map(GROUP_LABELS))
+
+
+def anytime_curve(anytime: pd.DataFrame) -> pd.DataFrame:
+    """The anytime mAP on the seen tasks' subsets (all classes) of ``anytime.csv`` rows (what
+    :func:`cml_bench.plots.plot_anytime` draws)."""
+    return anytime[(anytime["eval_on"] == "seen") & (anytime["group"] == "all") & (anytime["metric"] == "mAP")]
+
+
 def _render(table: pd.DataFrame, tex: bool, n_note: bool = True, marks: pd.DataFrame | None = None) -> str:
     """Markdown or LaTeX body of :func:`to_markdown` / :func:`to_latex` (shared layout rules)."""
     pm, dash, blocks = (r" $\pm$ ", "--", []) if tex else (" ± ", "–", [])
@@ -560,7 +585,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
         raise ValueError(f"--against {against}: no such strategy under {root}; there are: "
                          f"{', '.join(strategy_order(df['strategy']))}.")
     tables, flats, all_marks, notes = [], [], [], []
-    for family, rows in _by_family(df):  # one table per metric family: its own columns
+    families = dict(_by_family(df, runs.kinds))
+    for family, rows in families.items():  # one table per metric family: its own columns
         table = final_table(rows, *FAMILY_COLUMNS[family])
         seeds = per_seed_table(rows, *FAMILY_COLUMNS[family])
         marks, missing = significance.add_bootstrap(significance.compare_to_reference(seeds, alpha, against),
@@ -588,11 +614,12 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
     accuracy_matrix(df).to_csv(out / "accuracy_matrix.csv", index=False)
     df.to_csv(out / "all_metrics.csv", index=False)  # the tidy long format of every run, with `run`
     forgetting_table(df).to_csv(out / "forgetting.csv", index=False)
-    continual = dict(_by_family(df)).get("continual")
+    continual = families.get("continual")
     if continual is not None:  # the plots follow mAP over a stream of tasks and class groups
-        plots.plot_stream(continual, out / "plot_stream.png")
-        plots.plot_matrix(continual, out / "plot_matrix.png")
-        plots.plot_groups(continual, out / "plot_groups.png")
+        order = strategy_order(continual["strategy"])
+        plots.plot_stream(stream_curve(continual), out / "plot_stream.png", order)
+        plots.plot_matrix(accuracy_matrix(continual), out / "plot_matrix.png", order)
+        plots.plot_groups(group_results(continual), out / "plot_groups.png", order, list(GROUP_LABELS.values()))
 
     figures = _campaign_figures(root, df, out)
     old = superseded_runs(df)
@@ -652,7 +679,7 @@ def _campaign_figures(root: Path, df: pd.DataFrame, out: Path) -> list[tuple[str
     anytime = run_files(root, df, ANYTIME_FILE)
     if len(anytime):
         anytime.to_csv(out / "anytime.csv", index=False)
-        plots.plot_anytime(anytime, out / "plot_anytime.png")
+        plots.plot_anytime(anytime_curve(anytime), out / "plot_anytime.png", strategy_order(anytime["strategy"]))
         figures.append(("plot_anytime.png", "mAP during training (anytime evaluation)"))
     memory = run_files(root, df, MEMORY_FILE)
     if len(memory):
@@ -660,7 +687,7 @@ def _campaign_figures(root: Path, df: pd.DataFrame, out: Path) -> list[tuple[str
         shares.to_csv(out / "memory_shares.csv", index=False)
         for bench, sub in shares.groupby("benchmark"):
             name = f"plot_memory_{re.sub(r'[^A-Za-z0-9_.-]', '_', bench)}.png"
-            plots.plot_memory(sub, out / name)
+            plots.plot_memory(sub, out / name, strategy_order(sub["strategy"]))
             figures.append((name, f"{bench}: replay memory composition"))
     return figures
 
@@ -669,7 +696,9 @@ def _anytime_markdown(df: pd.DataFrame, alpha: float, against: str | None) -> st
     """A_auc (anytime subsets) next to final mAP (full test sets), with the same significance marks."""
     rows = df[df["strategy"].isin(set(df.loc[df["metric"] == AUC_METRIC, "strategy"]))]
     columns = ((AUC_METRIC, "mAP"), ("all",))
-    marks = significance.compare_to_reference(per_seed_table(rows, *columns), alpha, against)
+    seeds = per_seed_table(rows, *columns)
+    # no bootstrap here (A_auc cannot be recomputed from scores.npz): the CI columns say "not available"
+    marks, _ = significance.add_bootstrap(significance.compare_to_reference(seeds, alpha, against), seeds, None, 0)
     return ("## Anytime evaluation\n\nA_auc_mAP: area under the mAP-vs-samples curve of the anytime "
             "evaluation (Koh et al., ICLR 2022; the seen tasks' test subsets of `eval.anytime_subset` "
             "images), next to the final mAP on the full test sets.\n\n"
@@ -718,7 +747,20 @@ def _against_table(marks: pd.DataFrame) -> str:
     return "".join("\n\n" + block for block in out)
 
 
-def _by_family(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """The rows of each metric family present (continual first), a benchmark's runs all in one."""
-    family = {b: metric_family(rows) for b, rows in df.groupby("benchmark")}
+def _family(rows: pd.DataFrame, kinds: Mapping[str, str]) -> str:
+    """One benchmark's metric family: the kind its runs' manifests record (``BenchmarkMeta.kind``).
+    Runs written before manifests recorded it (every run up to this change) fall back to the guess
+    from their metric names (:func:`~cml_bench.results.metric_family`): the benchmark registry knows
+    a kind only by building the benchmark, i.e. reading its data, which a leaderboard must not need.
+    Runs that disagree (a plugin that changed its kind) get the guess too."""
+    recorded = {kinds[run] for run in rows["run"].unique() if run in kinds}
+    if len(recorded) == 1 and next(iter(recorded)) in FAMILY_COLUMNS:
+        return next(iter(recorded))
+    return metric_family(rows)
+
+
+def _by_family(df: pd.DataFrame, kinds: Mapping[str, str] | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """The rows of each metric family present (continual first), a benchmark's runs all in one;
+    ``kinds``: run -> recorded kind (:attr:`RunSet.kinds`)."""
+    family = {b: _family(rows, kinds or {}) for b, rows in df.groupby("benchmark")}
     return [(f, df[df["benchmark"].map(family) == f]) for f in FAMILY_COLUMNS if f in family.values()]

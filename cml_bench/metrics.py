@@ -24,6 +24,10 @@ Conventions shared by every function (see ``PROTOCOL.md``, section "Metrics"):
   is a count.
 - Torch tensors are accepted (detached and converted with numpy); this module imports no torch.
 - Bad inputs raise ``ValueError`` saying what was expected and what was received.
+
+Which metrics a benchmark gets is its metric family, named by ``BenchmarkMeta.kind``
+(:data:`FAMILY_METRICS`, :func:`family_metrics`): what the evaluator writes, what the leaderboard's
+bootstrap recomputes, and what the result tables show all come from here.
 """
 from __future__ import annotations
 
@@ -42,9 +46,31 @@ __all__ = [
     "average_incremental",
     "CLASSES_DROPPED",
     "area_under_curve",
+    "MAIN_METRICS",
+    "TOP_K",
+    "ATTRIBUTE_METRICS",
+    "FAMILY_METRICS",
+    "HEADLINE_METRIC",
+    "family_metrics",
 ]
 
 CLASSES_DROPPED = "classes_dropped"  # the count of classes without a positive that an evaluation left out
+
+# Metric families, keyed by ``BenchmarkMeta.kind``: ``continual`` streams get mAP and the
+# thresholded macro / micro scores; ``generic`` single-task streams add the top-3 variants;
+# ``attribute`` streams (pedestrian attributes) get the attribute metrics; ``mlcil`` streams get the
+# continual ones (plus ``avg_mAP``, an average over sessions that ``cml_bench.mlcil`` adds).
+MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+TOP_K = 3  # the generic protocol's top-3 predictions per image
+ATTRIBUTE_METRICS = ("mA", "Accu", "Prec", "Recall", "F1")
+FAMILY_METRICS = {
+    "continual": MAIN_METRICS,
+    "generic": MAIN_METRICS + tuple(f"{m}@{TOP_K}" for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")),
+    "attribute": ATTRIBUTE_METRICS,
+    "mlcil": MAIN_METRICS,
+}
+HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA", "mlcil": "mAP"}
+"""The metric a progress line shows, per family."""
 
 # ----------------------------------------------------------------------------- validation helpers
 
@@ -463,6 +489,39 @@ def group_metrics(
         _check_k(top_k, s.shape[1])
     sets = group_columns(groups, s.shape[1], classes)
     return _evaluate(s, y, _check_ignore(ignore, s.shape), sets, threshold, top_k, ignore_empty)
+
+
+def family_metrics(kind: str, scores: Any, targets: Any, groups: Mapping[str, Sequence[int]], threshold: float,
+                   classes: Sequence[int] | None = None, ignore: Any = None,
+                   benchmark: str = "") -> dict[str, dict[str, float]]:
+    """The metrics of family ``kind`` (:data:`FAMILY_METRICS`) on ``classes`` (key ``"all"``) and on
+    each group's columns among them (:func:`group_columns`): what the evaluator writes for one
+    evaluation, and what the leaderboard's bootstrap recomputes on resampled test sets.
+
+    ``attribute``: :func:`attribute_metrics` per class set (no ``ignore`` mask: a ValueError naming
+    ``benchmark``). Otherwise :func:`group_metrics`, with the top-3 metrics for ``generic`` (an
+    image's top 3 chosen among all its columns, then scored on the group's columns; none with fewer
+    than 3 columns).
+
+    >>> scores = np.array([[0.9, 0.2, 0.6], [0.6, 0.7, 0.1], [0.1, 0.4, 0.8]])
+    >>> targets = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]])
+    >>> res = family_metrics("generic", scores, targets, {"rare": [1]}, 0.5)
+    >>> sorted(res), round(res["rare"]["mAP"], 2), "OF1@3" in res["all"]
+    (['all', 'rare'], 100.0, True)
+    """
+    if kind not in FAMILY_METRICS:
+        raise ValueError(f"Expected a metric family among {', '.join(FAMILY_METRICS)}, but got kind {kind!r}"
+                         + (f" (benchmark '{benchmark}')." if benchmark else "."))
+    if kind == "attribute":
+        if ignore is not None:
+            raise ValueError(f"Benchmark '{benchmark}' gives an evaluation ignore mask, "
+                             f"which the attribute metrics do not take.")
+        s, y = _check_inputs(scores, targets)
+        return {group: attribute_metrics(s[:, idx], y[:, idx], threshold=threshold)
+                for group, idx in group_columns(groups, s.shape[1], classes).items()}
+    s = _to_numpy(scores)
+    top_k = TOP_K if kind == "generic" and s.shape[-1] >= TOP_K else None
+    return group_metrics(s, targets, groups, threshold, classes=classes, ignore=ignore, top_k=top_k)
 
 
 # ----------------------------------------------------------------------------- continual summaries

@@ -1,14 +1,18 @@
-"""Leaderboard plots (PNG): the stream curve, the task x task mAP matrices, the per-group final mAP.
+"""Leaderboard plots (PNG): the stream curve, the task x task mAP matrices, the per-group final mAP,
+the anytime curve, the replay memory's composition.
 
-Every function takes the long frame of :func:`cml_bench.leaderboard.load_results` (newest run per
-seed only) and writes one PNG. Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg
-canvas rather than through pyplot, so importing or calling this module changes no global
-matplotlib state (backend, open figures) of the caller.
+Every function draws one table it is given (computed by :mod:`cml_bench.leaderboard`, which
+decides which runs count) and writes one PNG; nothing here reads runs or filters them.
+``strategies`` is the display order of the strategies (the leaderboard's ``strategy_order``); a
+panel shows those of its rows in that order (None: alphabetical). Figures are drawn on a
+``matplotlib.figure.Figure`` with the Agg canvas rather than through pyplot, so importing or
+calling this module changes no global matplotlib state (backend, open figures) of the caller.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import pandas as pd
 import seaborn as sns
@@ -17,8 +21,13 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from cml_bench.leaderboard import (GROUP_LABELS, accuracy_matrix, final_results, latest_runs,
-                                   strategy_order)
+
+def _order(strategies: Sequence[str] | None, present: Iterable[str]) -> list[str]:
+    """The strategies of ``present`` in the display order ``strategies`` (the ones it lacks last,
+    alphabetically)."""
+    present = set(present)
+    order = [s for s in strategies or () if s in present]
+    return order + sorted(present - set(order))
 
 
 def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, list]:
@@ -45,17 +54,17 @@ def _save(fig: Figure, path: str | Path) -> None:
     fig.savefig(path, format="png", bbox_inches="tight")
 
 
-def plot_stream(df: pd.DataFrame, path: str | Path) -> None:
+def plot_stream(curve: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
     """mAP on the union of the seen tasks (all classes) after each task, one line per strategy,
     mean over seeds with +-1 sd error bars (one panel per benchmark). Bars rather than bands: with
     many strategies overlapping bands hide each other, and a strategy evaluated once (multitask)
-    has no band at all."""
-    d = latest_runs(df)
-    d = d[(d["eval_on"] == "seen") & (d["group"] == "all") & (d["metric"] == "mAP")]
+    has no band at all. ``curve``: rows benchmark, strategy, seed, trained_through_task, value
+    (``leaderboard.stream_curve``)."""
+    d = curve
     if d.empty:
         raise ValueError("Nothing to plot: no mAP rows with eval_on = seen and group = all.")
     benchmarks = sorted(d["benchmark"].unique())
-    strategies = strategy_order(d["strategy"])
+    strategies = _order(strategies, d["strategy"])
     fig, axes = _figure(4.5 * len(benchmarks) + 2.2, max(3.8, 0.26 * len(strategies)), 1, len(benchmarks))
     for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
         # markers: a strategy evaluated only once (multitask, after the last task) is still visible
@@ -73,14 +82,14 @@ def plot_stream(df: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_matrix(df: pd.DataFrame, path: str | Path) -> None:
+def plot_matrix(matrix: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
     """Task x task heatmaps of mAP (mean over seeds) on task j after task i, one small panel per
-    (benchmark, strategy), on one shared colour scale."""
-    m = accuracy_matrix(df)
+    (benchmark, strategy), on one shared colour scale. ``matrix``: ``leaderboard.accuracy_matrix``."""
+    m = matrix
     if m.empty:
         raise ValueError("Nothing to plot: no per-task mAP rows (eval_on = task<j>, group = all).")
     panels = [(b, s) for b in sorted(m["benchmark"].unique())
-              for s in strategy_order(m.loc[m["benchmark"] == b, "strategy"])]
+              for s in _order(strategies, m.loc[m["benchmark"] == b, "strategy"])]
     tasks = range(int(max(m["task"].max(), m["trained_through_task"].max())) + 1)
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
@@ -104,21 +113,23 @@ def plot_matrix(df: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_groups(df: pd.DataFrame, path: str | Path) -> None:
+def plot_groups(final: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None,
+                groups: Sequence[str] | None = None) -> None:
     """Final mAP per class group (majority / moderate / minority / overall) as grouped bars per
-    strategy: mean over seeds, +-1 sd error bars (one row of panels per benchmark)."""
-    d = final_results(df)
-    d = d[(d["metric"] == "mAP") & d["group"].isin(list(GROUP_LABELS))]
+    strategy: mean over seeds, +-1 sd error bars (one row of panels per benchmark). ``final``: rows
+    benchmark, strategy, seed, group (as displayed), value (``leaderboard.group_results``);
+    ``groups``: the bars' order (None: as they come)."""
+    d = final
     if d.empty:
         raise ValueError("Nothing to plot: no final mAP rows (last task, eval_on = seen).")
-    d = d.assign(group=d["group"].map(GROUP_LABELS))
+    groups = list(groups) if groups is not None else list(dict.fromkeys(d["group"]))
     benchmarks = sorted(d["benchmark"].unique())
     most = max(d.loc[d["benchmark"] == b, "strategy"].nunique() for b in benchmarks)
     fig, axes = _figure(max(6.0, 0.75 * most + 2.5), 3.8 * len(benchmarks), len(benchmarks), 1)
     for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
         sub = d[d["benchmark"] == bench]
-        sns.barplot(data=sub, x="strategy", y="value", order=strategy_order(sub["strategy"]),
-                    hue="group", hue_order=list(GROUP_LABELS.values()), palette="colorblind",
+        sns.barplot(data=sub, x="strategy", y="value", order=_order(strategies, sub["strategy"]),
+                    hue="group", hue_order=groups, palette="colorblind",
                     errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax, legend=i == 0)
         ax.set(title=bench, xlabel="", ylabel="final mAP (%)")
         ax.grid(axis="y", alpha=0.3)
@@ -133,15 +144,16 @@ def _task_lines(ax, ends: list[float]) -> None:
         ax.axvline(x, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
 
 
-def plot_anytime(anytime: pd.DataFrame, path: str | Path) -> None:
+def plot_anytime(curve: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
     """mAP on the seen tasks' (subsampled) test sets during training, against stream samples seen:
     one line per strategy, mean over seeds with a +-1 sd band (one panel per benchmark); dotted
-    lines at task ends. ``anytime``: the runs' ``anytime.csv`` rows (newest run per seed)."""
-    d = anytime[(anytime["eval_on"] == "seen") & (anytime["group"] == "all") & (anytime["metric"] == "mAP")]
+    lines at task ends. ``curve``: rows benchmark, strategy, seed, samples, task_end_samples, value
+    (``leaderboard.anytime_curve``)."""
+    d = curve
     if d.empty:
         raise ValueError("Nothing to plot: no anytime mAP rows (runs with eval.every set).")
     benchmarks = sorted(d["benchmark"].unique())
-    strategies = strategy_order(d["strategy"])
+    strategies = _order(strategies, d["strategy"])
     fig, axes = _figure(5.5 * len(benchmarks) + 2.2, 3.8, 1, len(benchmarks))
     for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
         sub = d[d["benchmark"] == bench]
@@ -154,7 +166,7 @@ def plot_anytime(anytime: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_memory(shares: pd.DataFrame, path: str | Path) -> None:
+def plot_memory(shares: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
     """What the replay memory held over the stream, for one benchmark: per class group (panels), the
     share of the memory's label occurrences for each replay strategy (mean over seeds, +-1 sd band),
     beside the stream's own share so far (dashed) and PRS's target n_c^rho (dotted).
@@ -162,7 +174,7 @@ def plot_memory(shares: pd.DataFrame, path: str | Path) -> None:
     if shares.empty:
         raise ValueError("Nothing to plot: no memory.csv rows (replay runs write them).")
     groups = [g for g in ("majority", "moderate", "minority") if g in set(shares["group"])]
-    strategies = strategy_order(shares["strategy"])
+    strategies = _order(strategies, shares["strategy"])
     fig, axes = _figure(4.2 * len(groups) + 2.4, 3.6, 1, len(groups))
     ends = sorted(shares[shares["point"] == "task"].groupby("task")["samples"].max())
     for i, (ax, group) in enumerate(zip(axes, groups)):

@@ -341,7 +341,7 @@ def write_report_store(report: StreamReport, out: str | Path, *, builder_version
 
 
 def benchmark_from_store(store: Store, protocol: StreamProtocol, *, default_buffer_size: int = 2000,
-                         prs_rho: float = -0.03) -> MultiLabelBenchmark:
+                         memory_rho: float = -0.03) -> MultiLabelBenchmark:
     """The continual stream of a PRS store: tasks in the protocol's order, images memory-mapped,
     never copied into RAM (single-task streams are built by :func:`cml_bench.single_task.build`).
 
@@ -366,6 +366,6 @@ def benchmark_from_store(store: Store, protocol: StreamProtocol, *, default_buff
         task_ids=tuple(protocol.task_order),
         train_class_counts=tuple(int(c) for c in np.sum(counts, axis=0)),
         default_buffer_size=default_buffer_size,
-        prs_rho=prs_rho,
+        memory_rho=memory_rho,
     )
     return make_benchmark(datasets["train"], datasets["test"], meta, store=store)

@@ -216,8 +216,9 @@ class RunRecorder(SupervisedPlugin):
                 rows = rows.dropna(subset=["value"])
                 if len(rows):
                     value = area_under_curve(rows["samples"], rows["value"])
-                    self.evaluator.rows.append({**self.evaluator.labels, "trained_through_task": self.meta.num_tasks - 1,
-                                                "eval_on": "seen", "group": group, "metric": AUC_METRIC, "value": value})
+                    self.evaluator.rows.append({**self.evaluator.run_columns,
+                                                "trained_through_task": self.meta.num_tasks - 1, "eval_on": "seen",
+                                                "group": group, "metric": AUC_METRIC, "value": value})
             # where each task ends, in stream samples (the plots' task lines); a joint run is one task
             sizes = [len(e.dataset) * self.epochs for e in self.evaluator.benchmark.train_stream]
             ends = [sum(sizes)] * len(sizes) if self.joint else np.cumsum(sizes).tolist()
@@ -249,7 +250,7 @@ class RunRecorder(SupervisedPlugin):
             seen = self.evaluator.anytime(model, tasks, {j: self._subset(j) for j in tasks})
         self._last_point = self.iteration
         self.cost["anytime_points"] += 1
-        at = {**self.evaluator.labels, "trained_through_task": self.task, "iteration": self.iteration,
+        at = {**self.evaluator.run_columns, "trained_through_task": self.task, "iteration": self.iteration,
               "samples": self.samples, "eval_on": "seen"}
         for group, values in seen.items():
             for metric, value in values.items():
@@ -268,9 +269,9 @@ class RunRecorder(SupervisedPlugin):
         for plugin in self.replay:
             buffer = plugin.buffer
             counts, seen = buffer.class_counts, buffer.n_c
-            target = target_distribution(seen, self.meta.prs_rho)
+            target = target_distribution(seen, self.meta.memory_rho)
             names = self.meta.class_names
-            at = {**self.evaluator.labels, "task": task, "iteration": self.iteration, "samples": self.samples,
+            at = {**self.evaluator.run_columns, "task": task, "iteration": self.iteration, "samples": self.samples,
                   "point": point, "fill": len(buffer), "capacity": buffer.capacity}
             self.memory_rows += [{**at, "class": c, "name": names[c] if c < len(names) else str(c),
                                   "group": self.group_of.get(c, ""), "count": int(counts[c]), "seen": int(seen[c]),

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from cml_bench.config import ConfigError, RunConfig, dump_yaml, resolve
-from cml_bench.evaluator import FAMILY_METRICS
+from cml_bench.metrics import FAMILY_METRICS
+
 
 class RunFolderError(ValueError):
     """A run folder cannot be created, written, locked or trusted; the message says what to do."""
@@ -39,6 +40,8 @@ class RunFolderError(ValueError):
 
 CSV_COLUMNS = ["benchmark", "strategy", "seed", "trained_through_task", "eval_on", "group", "metric", "value"]
 GROUP_ORDER = ["majority", "moderate", "minority", "all"]
+GROUP_LABELS = {"majority": "majority", "moderate": "moderate", "minority": "minority", "all": "overall"}
+"""How tables and plots name each group ("all" classes: "overall")."""
 
 
 def _version(package: str) -> str:
@@ -488,7 +491,7 @@ def summary_table(frame: pd.DataFrame, metrics: tuple[str, ...] | None = None) -
     table = final.pivot_table(index="group", columns="metric", values="value", aggfunc="mean")
     # a metric a run could not compute (a joint run's avg_mAP: NaN) shows as a dash
     table = table.reindex(index=[g for g in GROUP_ORDER if g in table.index], columns=list(metrics))
-    table.index = ["overall" if g == "all" else g for g in table.index]
+    table.index = [GROUP_LABELS.get(g, g) for g in table.index]
     lines = ["| group | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for group, row in table.iterrows():
         lines.append(f"| {group} | " + " | ".join("–" if pd.isna(v) else f"{v:.1f}" for v in row.values) + " |")

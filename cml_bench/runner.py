@@ -144,7 +144,7 @@ def _build_session(plan: ResolvedRun, benchmark: MultiLabelBenchmark, device: to
     for size in {train_size, eval_size} - {None}:  # fail before training, not at the first evaluation
         model.backbone.check_input_size(size)
     evaluator = Evaluator(benchmark, config.eval, device,
-                          labels={"benchmark": meta.name, "strategy": plan.label, "seed": config.seed},
+                          run_columns={"benchmark": meta.name, "strategy": plan.label, "seed": config.seed},
                           image_size=eval_size, precision=config.train.precision,
                           channels_last=config.train.channels_last)
     check_loggers(loggers)
@@ -209,7 +209,8 @@ def _train(session: _Session, staging: Path, done: int, identity: dict[str, Any]
     evaluator.finish()
     recorder.finish(staging)  # A_auc rows, anytime.csv, memory.csv, scores.npz; closes the loggers
     wall = time.perf_counter() - start
-    extra = {"strategy_label": session.plan.label, "resumed_after_task": done if done >= 0 else None,
+    extra = {"strategy_label": session.plan.label, "benchmark_kind": meta.kind,
+             "resumed_after_task": done if done >= 0 else None,
              "train_images": sum(len(e.dataset) for e in benchmark.train_stream), "identity": identity,
              "weights": model.backbone.weights_info,
              "recording": {k: round(v, 3) for k, v in recorder.cost.items()}}

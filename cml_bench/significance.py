@@ -17,7 +17,7 @@ mean ties it), ``same`` (not significantly different at ``alpha``), ``lower`` / 
 :func:`bootstrap_differences` gives a percentile confidence interval of the difference over the
 test images: one set of resampled image indices (drawn with replacement) is applied to every run,
 so the row and the reference are paired over images too, the metrics are recomputed on each
-resample with :func:`cml_bench.evaluator.family_metrics` (exactly what the evaluator writes), and the
+resample with :func:`cml_bench.metrics.family_metrics` (exactly what the evaluator writes), and the
 difference is averaged over the paired seeds. It measures how much the gap depends on which test
 images were drawn; the seed test measures how much it depends on the training run.
 Everything here is pure: frames and arrays in, frames and arrays out.
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cml_bench.evaluator import family_metrics
+from cml_bench.metrics import family_metrics
 from cml_bench.scores import TestScores
 
 WILCOXON_MIN_PAIRS = 6
@@ -133,12 +133,13 @@ def replicate_values(s: TestScores, columns: Sequence[tuple[str, str]],
     """float [len(indices), len(columns)]: the (group, metric) values of ``s`` recomputed on each
     resample of its test images (an index array; None = the test set as it is)."""
     out = []
-    groups = sorted({g for g, _ in columns}, key=list(s.groups).index)
+    wanted = {g for g, _ in columns}
+    groups = {g: cols for g, cols in s.groups.items() if g in wanted and g != "all"}
     for idx in indices:
         take = slice(None) if idx is None else idx
-        sc, tg = s.scores[take], s.targets[take]
         ig = None if s.ignore is None else s.ignore[take]
-        values = {g: family_metrics(s.kind, sc, tg, s.groups[g], s.threshold, ig) for g in groups}
+        values = family_metrics(s.kind, s.scores[take], s.targets[take], groups, s.threshold,
+                                classes=s.groups["all"], ignore=ig)
         out.append([values[g].get(m, np.nan) for g, m in columns])
     return np.asarray(out, dtype=float)
 

@@ -44,7 +44,8 @@ class BenchmarkMeta:
         task_ids: the original task id of each stream position (COCOseq's order is 0, 3, 1, 2).
         train_class_counts: training images carrying each class over the whole stream.
         default_buffer_size: replay memory size of the benchmark's protocol.
-        prs_rho: PRS power of allocation of the benchmark's protocol.
+        memory_rho: exponent rho of a replay memory's target class shares n_c^rho in the
+            benchmark's protocol: PRS's power of allocation, OCDM's target.
         joint_epochs: passes of the joint (multitask) reference over the union of all tasks in the
             benchmark's protocol; None = ``train.epochs``.
         kind: ``continual`` | ``generic`` | ``attribute`` | ``mlcil`` (which metric family applies).
@@ -57,7 +58,7 @@ class BenchmarkMeta:
     task_ids: tuple[int, ...]
     train_class_counts: tuple[int, ...]
     default_buffer_size: int = 2000
-    prs_rho: float = -0.03
+    memory_rho: float = -0.03
     kind: str = "continual"
     joint_epochs: int | None = None
 
@@ -210,7 +211,7 @@ class BenchmarkSpec:
 
     Attributes:
         name: registry name (``synth-cocoseq``, ``cocoseq``, ...).
-        build: ``build(options, seed) -> MultiLabelBenchmark``.
+        build: ``build(options) -> MultiLabelBenchmark`` (``options``: an instance of ``options``).
         options: dataclass of the benchmark's own options (validated from ``benchmark.options``).
         description: one line for ``list``.
         defaults: config layer applied below the user's YAML (e.g. the model that suits it).

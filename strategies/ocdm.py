@@ -25,5 +25,5 @@ class OCDMOptions(ReplayOptions):
 @register_strategy("ocdm", options=OCDMOptions, reference="Liang and Li, arXiv 2209.11469 (2022)",
                    description="online replay; greedy memory update towards a target label distribution (KL)")
 def build(options: OCDMOptions, ctx: StrategyContext) -> list:
-    rho = ctx.meta.prs_rho if options.rho is None else options.rho
+    rho = ctx.meta.memory_rho if options.rho is None else options.rho
     return [replay_plugin(OCDMBuffer, options, ctx, rho=rho)]

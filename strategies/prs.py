@@ -24,5 +24,5 @@ class PRSOptions(ReplayOptions):
 @register_strategy("prs", options=PRSOptions, reference="Kim, Jeong, Kim, ECCV 2020",
                    description="online replay; memory partitioned among classes by PRS (favours rare classes)")
 def build(options: PRSOptions, ctx: StrategyContext) -> list:
-    rho = ctx.meta.prs_rho if options.rho is None else options.rho
+    rho = ctx.meta.memory_rho if options.rho is None else options.rho
     return [replay_plugin(PRSBuffer, options, ctx, rho=rho)]

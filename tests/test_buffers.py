@@ -1,12 +1,17 @@
-"""Replay buffers: slot semantics, bookkeeping, sampling, state, PRS against its plain reference.
+"""Replay buffers: the contract over every buffer class, slot semantics, state, PRS against its
+plain reference.
 
-The tests over every buffer offer samples through ``Caller``, which plays the replay plugin: it keeps
-the stream index stored in each slot and, for a ``KeyedBuffer``, passes each sample's key vector and
-the keys of stored slots. Buffer-specific tests (what each paper says its buffer favours) are in
-``test_buffers_selection.py``.
+The contract (``cml_bench/buffers/contract.py``: capacity, no duplicates, bookkeeping, batches,
+state round trip, sampling) is checked on every ``ReplayBuffer`` subclass found once the plugins
+are discovered, a buffer defined in a strategy plugin file (``--plugins`` / ``$CML_BENCH_PLUGINS``)
+included. The tests offer samples through ``Caller``, which plays the replay plugin. What each
+paper says its buffer favours is in ``test_buffers_selection.py``.
 """
 from __future__ import annotations
 
+import inspect
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,20 +20,22 @@ import pytest
 from scipy.stats import chisquare
 
 import cml_bench.buffers.prs as prs_module
-from cml_bench.buffers import BUFFERS, PRSBuffer, ReplayBuffer, ReservoirBuffer, make_buffer
+from benches.reference_prs import ReferencePRS
+from cml_bench.buffers import (BufferContractError, KeyedBuffer, PRSBuffer, ReplayBuffer, ReservoirBuffer,
+                               buffer_classes, check_contract)
 from cml_bench.buffers.base import label_lists
+from cml_bench.buffers.contract import Caller, long_tailed_stream
+from cml_bench.registry import STRATEGIES
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_prs import ReferencePRS  # noqa: E402
+STRATEGIES.discover()  # a strategy plugin file may define its own buffer: import the plugins first
+EVERY = buffer_classes()
+SHIPPED = [cls for cls in EVERY if cls.__module__.startswith("cml_bench.buffers.")]
+SEQUENTIAL = [cls for cls in SHIPPED if not cls.decides_per_batch]
+"""Buffers whose ``offer_batch`` makes exactly the decisions of offering the rows one by one."""
 
 
-def long_tailed_stream(n: int, num_classes: int, seed: int, tail: float = 1.3) -> np.ndarray:
-    """[n, M] bool: class c present with probability 0.6 * (c + 1)^-tail; empty rows get class 0."""
-    rng = np.random.default_rng(seed)
-    freq = 0.6 * np.arange(1, num_classes + 1) ** -tail
-    rows = rng.random((n, num_classes)) < freq
-    rows[~rows.any(axis=1), 0] = True
-    return rows
+def _name(cls: type) -> str:
+    return cls.__qualname__
 
 
 def feed(buffer, stream: np.ndarray) -> np.ndarray:
@@ -45,78 +52,22 @@ def shares(counts: np.ndarray) -> np.ndarray:
     return counts / counts.sum()
 
 
-def key_of(index: np.ndarray) -> np.ndarray:
-    """[N, 3] key of stream sample ``index``: a direction turning slowly along the stream (so late
-    samples point away from early ones) plus a small per-sample wobble (no exact ties)."""
-    t = np.asarray(index, dtype=float)
-    return np.stack([np.cos(0.01 * t), np.sin(0.01 * t), 0.1 * np.sin(1.3 * t)], axis=1)
-
-
-class Caller:
-    """Plays the replay plugin: offers rows (with keys for a keyed buffer), stores what it is told."""
-
-    def __init__(self, buffer: ReplayBuffer, stored: np.ndarray | None = None, offered: int = 0):
-        self.buffer = buffer
-        self.stored = np.full(buffer.capacity, -1) if stored is None else stored.copy()
-        self.offered = offered
-
-    def offer_batch(self, rows: np.ndarray) -> list:
-        index = np.arange(self.offered, self.offered + len(rows))
-        self.offered += len(rows)
-        if self.buffer.key_kind is None:
-            slots = self.buffer.offer_batch(rows)
-        else:
-            slots = self.buffer.offer_batch(rows, keys=key_of(index), slot_keys=lambda s: key_of(self.stored[s]))
-        for i, slot in zip(index, slots):
-            if slot is not None:
-                self.stored[slot] = i
-        return slots
-
-    def offer(self, row: np.ndarray):
-        return self.offer_batch(np.asarray(row)[None])[0]
-
-    def copy_for(self, buffer: ReplayBuffer) -> "Caller":
-        return Caller(buffer, self.stored, self.offered)
-
-
-SEQUENTIAL = sorted(name for name, cls in BUFFERS.items() if not cls.decides_per_batch)
-"""Buffers whose ``offer_batch`` makes exactly the decisions of offering the rows one by one."""
-
-
 # ---------------------------------------------------------------------------- every buffer
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_fills_in_order_and_respects_capacity(name):
-    buffer = make_buffer(name, capacity=30, num_classes=6, seed=0)
-    stream = long_tailed_stream(400, 6, seed=1)
-    caller = Caller(buffer)
-    slots = [caller.offer(row) for row in stream]
-    assert slots[:30] == list(range(30))
-    assert all(s is None or 0 <= s < 30 for s in slots[30:])
-    assert any(s is None for s in slots[30:]) and any(s is not None for s in slots[30:])
-    assert len(buffer) == 30 and buffer.n_seen == 400
-    assert buffer.slot_labels.shape == (30, 6)
+@pytest.mark.parametrize("cls", EVERY, ids=_name)
+def test_buffer_contract(cls):
+    check_contract(cls)
 
 
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_bookkeeping_matches_what_the_caller_stored(name):
-    stream = long_tailed_stream(3000, 9, seed=2)
-    buffer = make_buffer(name, capacity=50, num_classes=9, seed=3)
-    caller = Caller(buffer)
-    for lo in range(0, len(stream), 10):  # mini-batches, as the replay plugin offers them
-        caller.offer_batch(stream[lo : lo + 10])
-    stored = caller.stored[: len(buffer)]
-    assert (stored >= 0).all() and len(set(stored.tolist())) == len(buffer)  # no duplicates
-    np.testing.assert_array_equal(buffer.slot_labels, stream[stored])
-    np.testing.assert_array_equal(buffer.class_counts, buffer.slot_labels.sum(0))
-    np.testing.assert_array_equal(buffer.n_c, stream.sum(0))
-    assert buffer.n_seen == len(stream)
+def test_every_shipped_buffer_is_checked():
+    shipped = {"ExStreamBuffer", "GSSBuffer", "OCDMBuffer", "PRSBuffer", "ReservoirBuffer"}
+    assert {c.__name__ for c in SHIPPED} == shipped
 
 
-@pytest.mark.parametrize("name", SEQUENTIAL)
-def test_offer_batch_equals_sequential_offers(name):
-    stream = long_tailed_stream(500, 5, seed=4).astype(np.int64)
-    one, two = Caller(make_buffer(name, 20, 5, seed=7)), Caller(make_buffer(name, 20, 5, seed=7))
-    assert one.offer_batch(stream) == [two.offer(row) for row in stream]
+@pytest.mark.parametrize("cls", SHIPPED, ids=_name)
+def test_shipped_buffers_admit_some_and_reject_some_once_full(cls):
+    caller = Caller(cls(30, 6, seed=0))
+    slots = [caller.offer(row) for row in long_tailed_stream(400, 6, seed=1)][30:]
+    assert any(s is None for s in slots) and any(s is not None for s in slots)
 
 
 def test_label_lists_match_per_row_nonzero():
@@ -153,12 +104,12 @@ def _chunks(stream: np.ndarray, seed: int) -> list[np.ndarray]:
     return np.split(stream, cuts)
 
 
-@pytest.mark.parametrize("name", SEQUENTIAL)
+@pytest.mark.parametrize("cls", SEQUENTIAL, ids=_name)
 @pytest.mark.parametrize("rho", [-0.03, 0.02, -0.5])
-def test_offer_batch_in_chunks_equals_single_offers(name, rho):
+def test_offer_batch_in_chunks_equals_single_offers(cls, rho):
     stream = _tricky_stream()
-    options = {"rho": rho} if name == "prs" else {}
-    one, two = make_buffer(name, 40, 7, seed=3, **options), make_buffer(name, 40, 7, seed=3, **options)
+    options = {"rho": rho} if cls is PRSBuffer else {}
+    one, two = cls(40, 7, seed=3, **options), cls(40, 7, seed=3, **options)
     first, second = Caller(one), Caller(two)
     batched = [slot for chunk in _chunks(stream, seed=1) for slot in first.offer_batch(chunk)]
     assert batched == [second.offer(row) for row in stream]
@@ -167,54 +118,6 @@ def test_offer_batch_in_chunks_equals_single_offers(name, rho):
     np.testing.assert_array_equal(one.class_counts, two.class_counts)
     np.testing.assert_array_equal(one.n_c, two.n_c)
     assert one.n_seen == two.n_seen == len(stream)
-
-
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_state_dict_round_trip_gives_identical_future_decisions(name):
-    stream = long_tailed_stream(2000, 8, seed=5)
-    original = make_buffer(name, 40, 8, seed=11)
-    caller = Caller(original)
-    for lo in range(0, 900, 10):
-        caller.offer_batch(stream[lo : lo + 10])
-    state = original.state_dict()
-    _assert_plain(state)
-
-    restored = make_buffer(name, 40, 8, seed=999)  # the seed is part of the state
-    restored.load_state_dict(state)
-
-    def go_on(caller):  # continue the same way, replay draws included
-        first = [s for lo in range(900, 1500, 10) for s in caller.offer_batch(stream[lo : lo + 10])]
-        drawn = caller.buffer.sample(7).tolist()
-        return first, drawn, caller.offer_batch(stream[1500:])
-
-    assert go_on(caller.copy_for(restored)) == go_on(caller)
-    np.testing.assert_array_equal(original.slot_labels, restored.slot_labels)
-    np.testing.assert_array_equal(original.class_counts, restored.class_counts)
-    assert original.state_dict()["rng_state"] == restored.state_dict()["rng_state"]
-
-
-def _assert_plain(value):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            assert isinstance(key, str)
-            _assert_plain(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _assert_plain(item)
-    else:
-        assert isinstance(value, (np.ndarray, int, float, str, bool, type(None))), type(value)
-
-
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_state_is_a_snapshot(name):
-    buffer = make_buffer(name, 10, 4, seed=0)
-    caller = Caller(buffer)
-    caller.offer_batch(long_tailed_stream(10, 4, seed=0))
-    state = buffer.state_dict()
-    before = {k: v.copy() for k, v in state.items() if isinstance(v, np.ndarray)}
-    caller.offer_batch(long_tailed_stream(200, 4, seed=1))
-    for key, value in before.items():
-        np.testing.assert_array_equal(state[key], value)
 
 
 def test_load_state_dict_rejects_other_options():
@@ -230,13 +133,10 @@ def test_load_state_dict_rejects_other_options():
         PRSBuffer(10, 4).load_state_dict({k: v for k, v in state.items() if k != "rng_state"})
 
 
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_sample_is_without_replacement_and_uniform(name):
-    buffer = make_buffer(name, 20, 3, seed=0)
-    assert buffer.sample(4).shape == (0,)  # empty buffer
+@pytest.mark.parametrize("cls", SHIPPED, ids=_name)
+def test_sample_is_uniform(cls):
+    buffer = cls(20, 3, seed=0)  # without replacement, k > len: the contract's sampling rule
     Caller(buffer).offer_batch(np.eye(3, dtype=bool)[np.arange(12) % 3])
-    drawn = buffer.sample(50)
-    assert sorted(drawn.tolist()) == list(range(12))  # k > len: every filled slot once
     assert buffer.sample(0).shape == (0,)
     hits = np.zeros(12)
     for _ in range(3000):
@@ -389,10 +289,10 @@ def test_prs_targets():
         (dict(capacity=5, num_classes=3, seed=-1), "seed"),
     ],
 )
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_bad_constructor_arguments(name, kwargs, match):
+@pytest.mark.parametrize("cls", SHIPPED, ids=_name)
+def test_bad_constructor_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        BUFFERS[name](**kwargs)
+        cls(**kwargs)
 
 
 @pytest.mark.parametrize("rho", [float("nan"), float("inf"), "0.1", None])
@@ -401,9 +301,9 @@ def test_bad_rho(rho):
         PRSBuffer(5, 3, rho=rho)
 
 
-@pytest.mark.parametrize("name", sorted(BUFFERS))
-def test_bad_labels(name):
-    buffer = make_buffer(name, 5, 3, seed=0)
+@pytest.mark.parametrize("cls", EVERY, ids=_name)
+def test_bad_labels(cls):
+    buffer = cls(5, 3, seed=0)
     with pytest.raises(ValueError, match="shape"):
         buffer.offer(np.zeros(4))
     with pytest.raises(ValueError, match="shape"):
@@ -419,13 +319,131 @@ def test_bad_labels(name):
     assert buffer.n_seen == 0 and len(buffer) == 0  # nothing half-done
 
 
-def test_make_buffer():
-    buffer = make_buffer("prs", 10, 4, seed=1, rho=0.02)
-    assert isinstance(buffer, PRSBuffer) and buffer.rho == 0.02 and buffer.capacity == 10
-    assert isinstance(make_buffer("reservoir", 10, 4, seed=1), ReservoirBuffer)
-    assert all(issubclass(cls, ReplayBuffer) for cls in BUFFERS.values())
-    with pytest.raises(ValueError) as err:
-        make_buffer("prs_reservior", 10, 4, seed=0)
-    assert str(err.value) == "Unknown buffer 'prs_reservior'. Available: exstream, gss, ocdm, prs, reservoir."
-    with pytest.raises(ValueError, match="does not take option.*rho"):
-        make_buffer("reservoir", 10, 4, seed=0, rho=0.1)
+# ---------------------------------------------------------------------------- the contract itself
+class RingBuffer(ReplayBuffer):
+    """Overwrites its oldest slot; keeps its position in its state."""
+
+    def __init__(self, capacity: int, num_classes: int, seed: int = 0) -> None:
+        super().__init__(capacity, num_classes, seed)
+        self.head = 0
+
+    def _choose_slot(self, row, labels):
+        slot, self.head = self.head, (self.head + 1) % self.capacity
+        return slot
+
+    def state_dict(self):
+        return {**super().state_dict(), "head": self.head}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.head = int(state["head"])
+
+
+class LeakyRingBuffer(RingBuffer):
+    """Forgets its position on load: a resumed run would overwrite other slots."""
+
+    def load_state_dict(self, state):
+        ReplayBuffer.load_state_dict(self, state)
+
+
+class _OutOfRange(ReservoirBuffer):
+    def _choose_slot(self, row, labels):
+        return self._filled if self._filled < self.capacity else self.capacity
+
+
+class _ForgetsClasses(ReservoirBuffer):
+    """Writes its slots but never counts the classes it is offered (n_c)."""
+
+    def _offer_rows(self, rows):
+        out = []
+        for row, labels in zip(rows, label_lists(rows)):
+            slot = self._choose_slot(row, labels)
+            if slot is not None:
+                self._write(slot, row, labels)
+            self._n_seen += 1
+            out.append(slot)
+        return out
+
+
+class _FirstOfBatch(ReservoirBuffer):
+    """Once full, admits only the first row of a batch, without declaring decides_per_batch."""
+
+    def _offer_rows(self, rows):
+        out = super()._offer_rows(rows[:1])
+        for row, labels in zip(rows[1:], label_lists(rows[1:])):
+            slot = self._filled if self._filled < self.capacity else None
+            if slot is not None:
+                self._write(slot, row, labels)
+            self._n_seen += 1
+            for c in labels:
+                self._n[c] += 1
+            out.append(slot)
+        return out
+
+
+class _WithReplacement(ReservoirBuffer):
+    def sample(self, k):
+        return self.rng.integers(0, len(self), size=min(k, len(self)) if len(self) else 0)
+
+
+@pytest.mark.parametrize("cls, rule", [
+    (_OutOfRange, "capacity: .*AssertionError"),
+    (_ForgetsClasses, "bookkeeping: .*n_c differs"),
+    (_FirstOfBatch, "batches: .*offer_batch decided otherwise than one offer per row"),
+    (LeakyRingBuffer, "state round trip: .*a restored buffer decides or draws otherwise"),
+    (_WithReplacement, "sampling: .*sample\\(k > len\\)"),
+], ids=lambda x: x.__name__ if isinstance(x, type) else "")
+def test_the_contract_names_the_rule_a_buffer_breaks(cls, rule):
+    check_contract(RingBuffer)  # the same design, kept right
+    with pytest.raises(BufferContractError, match=f"^{cls.__qualname__} breaks the buffer contract, {rule}"):
+        check_contract(cls)
+
+
+def test_buffer_classes_are_every_concrete_subclass_at_any_depth():
+    class Deeper(PRSBuffer):
+        pass
+
+    found = buffer_classes()
+    assert Deeper in found and RingBuffer in found and LeakyRingBuffer in found
+    assert ReplayBuffer not in found and KeyedBuffer not in found  # bases that decide nothing
+    with pytest.raises(TypeError, match="ReplayBuffer subclass"):
+        check_contract("prs")
+
+
+PLUGIN = '''"""``ring``: online replay from a ring memory (a user's strategy file with its own buffers)."""
+from dataclasses import dataclass
+
+from cml_bench.buffers.base import ReplayBuffer
+from cml_bench.replay import ReplayOptions, replay_plugin
+from cml_bench.strategy import StrategyContext, register_strategy
+
+
+{buffers}
+
+@dataclass(frozen=True)
+class RingOptions(ReplayOptions):
+    """buffer_size and replay_batch_size."""
+
+
+@register_strategy("user-ring", options=RingOptions, description="online replay from a ring memory")
+def build(options: RingOptions, ctx: StrategyContext) -> list:
+    return [replay_plugin(RingBuffer, options, ctx)]
+'''
+
+
+def test_the_contract_covers_a_buffer_defined_in_a_strategy_plugin_file(tmp_path):
+    """This file's contract test, run with a plugin folder (as ``--plugins`` sets it), checks the
+    buffers that the user's strategy file defines: the sound one passes, the leaky one fails."""
+    (tmp_path / "plugins").mkdir()
+    buffers = "\n\n".join(inspect.getsource(cls) for cls in (RingBuffer, LeakyRingBuffer))
+    (tmp_path / "plugins" / "user_ring.py").write_text(PLUGIN.format(buffers=buffers))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(Path(__file__)),
+         "-k", "test_buffer_contract and RingBuffer"], cwd=root, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CML_BENCH_PLUGINS": str(tmp_path / "plugins"), "PYTHONPATH": str(root)})
+    out = done.stdout
+    assert "PASSED tests/test_buffers.py::test_buffer_contract[RingBuffer]" in out, out[-3000:] + done.stderr[-2000:]
+    assert "FAILED tests/test_buffers.py::test_buffer_contract[LeakyRingBuffer]" in out, out[-3000:]
+    assert "LeakyRingBuffer breaks the buffer contract, state round trip" in out
+    assert done.returncode == 1 and "1 failed, 1 passed" in out

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from cml_bench.buffers import ExStreamBuffer, GSSBuffer, OCDMBuffer, ReservoirBuffer
+from cml_bench.buffers.contract import long_tailed_stream
 from cml_bench.buffers.gss import max_cosine
 from cml_bench.buffers.ocdm import xlogx
-
-from test_buffers import long_tailed_stream  # noqa: E402 (tests/ is on sys.path under pytest)
 
 
 def one_hot(classes, num_classes: int) -> np.ndarray:

@@ -142,7 +142,7 @@ def test_benchmark_streams_tasks_in_paper_order_from_the_map(prepared):
     out, _ = prepared
     bench = cocoseq.build(cocoseq.CocoseqOptions(root=str(out)))
     meta = bench.meta
-    assert meta.task_ids == (0, 3, 1, 2) and meta.default_buffer_size == 2000 and meta.prs_rho == -0.03
+    assert meta.task_ids == (0, 3, 1, 2) and meta.default_buffer_size == 2000 and meta.memory_rho == -0.03
     assert meta.task_classes[1] == (6, 7)  # stream position 1 is original task 3: classes 6, 7
     assert meta.groups["majority"] == (0,) and len(meta.groups["minority"]) == 69
     assert sum(meta.train_class_counts) == 16

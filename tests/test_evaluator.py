@@ -12,8 +12,9 @@ import torch
 
 from cml_bench import metrics
 from cml_bench.config import EvalConfig
-from cml_bench.evaluator import ATTRIBUTE_METRICS, FAMILY_METRICS, MAIN_METRICS, Evaluator, predict
-from cml_bench.results import summary_table
+from cml_bench.evaluator import Evaluator, predict
+from cml_bench.metrics import ATTRIBUTE_METRICS, FAMILY_METRICS, MAIN_METRICS
+from cml_bench.results import read_manifest, summary_table
 from cml_bench.stream import BenchmarkMeta, MultiLabelTensorDataset, make_benchmark
 
 M = 6
@@ -55,7 +56,7 @@ class FixedModel(torch.nn.Module):
 @pytest.mark.parametrize("kind", ["continual", "generic", "attribute"])
 def test_rows_are_the_family_metrics_of_the_scores(kind):
     bench, model = _bench(kind), FixedModel()
-    evaluator = Evaluator(bench, EvalConfig(), "cpu", labels={"benchmark": bench.meta.name})
+    evaluator = Evaluator(bench, EvalConfig(), "cpu", run_columns={"benchmark": bench.meta.name})
     seen = evaluator.after_task(model, 0)
     evaluator.finish()
     scores, targets = predict(model, bench.test_stream[0].dataset, 100, "cpu")
@@ -77,7 +78,7 @@ def test_rows_are_the_family_metrics_of_the_scores(kind):
 def test_continual_rows_are_unchanged_by_the_families():
     """A continual stream still gets exactly mAP, CP/CR/CF1, OP/OR/OF1 per group, and forgetting."""
     bench, model = _bench("continual", tasks=2), FixedModel()
-    evaluator = Evaluator(bench, EvalConfig(), "cpu", labels={})
+    evaluator = Evaluator(bench, EvalConfig(), "cpu", run_columns={})
     evaluator.after_task(model, 0)
     evaluator.after_task(model, 1)
     evaluator.finish()
@@ -101,7 +102,7 @@ def test_eval_ignore_mask_reaches_task_rows_and_the_seen_union():
     masked_scores = np.where(targets[:, cols] == 0, scores[:, cols], -1.0)
     mask[:, cols] = masked_scores >= np.sort(masked_scores.ravel())[-5]
     bench.eval_ignore = [mask, None]
-    evaluator = Evaluator(bench, EvalConfig(threshold=float(np.median(scores))), "cpu", labels={})
+    evaluator = Evaluator(bench, EvalConfig(threshold=float(np.median(scores))), "cpu", run_columns={})
     evaluator.after_task(model, 0)
     seen = evaluator.after_task(model, 1)
     frame = pd.DataFrame(evaluator.rows)
@@ -124,7 +125,7 @@ def test_a_class_without_test_positives_is_dropped_from_its_rows_and_counted():
     """As PRS: a class with no positive in the evaluated test set leaves every metric of that row; each
     (eval_on, group) records how many in a ``classes_dropped`` row, which is neither forgotten nor shown."""
     bench, model = _bench("continual", tasks=2, empty_test=(4,)), FixedModel()
-    evaluator = Evaluator(bench, EvalConfig(), "cpu", labels={"benchmark": "b", "strategy": "s", "seed": 0})
+    evaluator = Evaluator(bench, EvalConfig(), "cpu", run_columns={"benchmark": "b", "strategy": "s", "seed": 0})
     evaluator.after_task(model, 0)
     evaluator.after_task(model, 1)
     evaluator.finish()
@@ -146,7 +147,7 @@ def test_a_class_without_test_positives_is_dropped_from_its_rows_and_counted():
 
 def test_unknown_kind_is_a_clear_error():
     with pytest.raises(ValueError, match="kind 'weird'; expected one of continual, generic, attribute"):
-        Evaluator(_bench("weird"), EvalConfig(), "cpu", labels={})
+        Evaluator(_bench("weird"), EvalConfig(), "cpu", run_columns={})
 
 
 def test_summary_shows_the_family_metrics():
@@ -154,7 +155,7 @@ def test_summary_shows_the_family_metrics():
                          ("attribute", "| group | mA | Accu | Prec | Recall | F1 |"),
                          ("continual", "| group | CF1 | OF1 | mAP |")):
         evaluator = Evaluator(_bench(kind), EvalConfig(), "cpu",
-                              labels={"benchmark": "b", "strategy": "s", "seed": 0})
+                              run_columns={"benchmark": "b", "strategy": "s", "seed": 0})
         evaluator.after_task(FixedModel(), 0)
         text = summary_table(pd.DataFrame(evaluator.rows))
         assert text.startswith(header) and "| overall |" in text
@@ -166,10 +167,12 @@ def test_generic_single_task_run_end_to_end(tiny_layer, tmp_path):
 
     config = resolve_config(tiny_layer, {
         "model": {"backbone": "resnet10t", "pretrained": False, "feature_level": 1, "stem_pool": False},
-        "train": {"epochs": 2, "batch_size": 8}})
+        "train": {"epochs": 2, "batch_size": 8},
+        "eval": {"every": None}})  # the synth defaults turn anytime rows on; only the family's rows here
     result = run(config, tmp_path, benchmark=_bench("generic", n=16), log=lambda *a, **k: None)
     frame = pd.read_csv(result.path / "metrics.csv")
     assert set(frame.metric) == {*FAMILY_METRICS["generic"], metrics.CLASSES_DROPPED}
+    assert read_manifest(result.path)["benchmark_kind"] == "generic"  # the leaderboard's family
     assert len(FAMILY_METRICS["generic"]) == 13
     assert frame.value.dropna().between(0, 100).all()
     assert "CF1@3" in result.summary and ATTRIBUTE_METRICS[0] not in result.summary.split("|")
@@ -183,7 +186,7 @@ def test_leaderboard_has_a_table_per_family_and_plots_only_for_continual(tmp_pat
         for seed in (0, 1):
             bench = _bench(kind, seed=seed)
             evaluator = Evaluator(bench, EvalConfig(), "cpu",
-                                  labels={"benchmark": bench.meta.name, "strategy": "finetune", "seed": seed})
+                                  run_columns={"benchmark": bench.meta.name, "strategy": "finetune", "seed": seed})
             evaluator.after_task(FixedModel(), 0)
             evaluator.finish()
             run_dir = tmp_path / bench.meta.name / "finetune" / f"seed{seed}-20260101-000000"

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--scale", "0.005", "--size", "32", "--set", "model.backbone=resnet10t",
         "--set", "model.feature_level=3", "--set", "model.stem_pool=false", "--set", "eval.batch_size=64"]
 
 
-def _run(script: str, *args: str, timeout: float = 900) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
-    done = subprocess.run([sys.executable, str(TESTS / script), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def _run(module: str, *args: str, timeout: float = 900) -> str:
+    """``python -m benches.<module> ARGS`` from the repository root, as the README runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", f"benches.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -30,9 +31,9 @@ def _run(script: str, *args: str, timeout: float = 900) -> str:
 @pytest.mark.slow
 def test_stream_benchmark_finishes_every_task_and_reports_the_share_outside_the_model(tmp_path):
     store = tmp_path / "store"
-    first = _run("bench_gpu_stream.py", "--build-store-only", "--store", str(store), *TINY)
+    first = _run("bench_gpu_stream", "--build-store-only", "--store", str(store), *TINY)
     assert "written in" in first and (store / "index.json").is_file()
-    out = _run("bench_gpu_stream.py", "--store", str(store), "--out", str(tmp_path / "runs"),
+    out = _run("bench_gpu_stream", "--store", str(store), "--out", str(tmp_path / "runs"),
                "--precision", "bf16", "--channels-last", *TINY)
     assert "(reused)" in out  # the store is built once, before the GPU's time starts
     for task in range(4):
@@ -46,7 +47,7 @@ def test_stream_benchmark_finishes_every_task_and_reports_the_share_outside_the_
 
 @pytest.mark.slow
 def test_campaign_benchmark_packs_runs_on_one_device_and_prints_a_table(tmp_path):
-    out = _run("bench_gpu_campaign.py", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "camp"),
+    out = _run("bench_gpu_campaign", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "camp"),
                "--levels", "1,2", "--window-s", "2", "--startup-s", "600", "--cpus-per-run", "1", *TINY)
     assert "| runs per GPU |" in out and "best packing:" in out
     rows = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,10 +244,52 @@ def test_empty_or_missing_root(tmp_path):
 
 def test_plots_are_nonempty_pngs(results, tmp_path):
     df = lb.load_results(results)
-    for draw in (plots.plot_stream, plots.plot_matrix, plots.plot_groups):
+    order = lb.strategy_order(df["strategy"])
+    for draw, table in ((plots.plot_stream, lb.stream_curve(df)), (plots.plot_matrix, lb.accuracy_matrix(df)),
+                        (plots.plot_groups, lb.group_results(df))):
         path = tmp_path / "figs" / f"{draw.__name__}.png"
-        draw(df, path)
+        draw(table, path, order)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+        with pytest.raises(ValueError, match="Nothing to plot"):
+            draw(table.iloc[:0], path, order)
+
+
+def test_tables_the_plots_draw(results):
+    df = lb.load_results(results)
+    curve = lb.stream_curve(df)
+    assert set(curve["eval_on"]) == {"seen"} and set(curve["group"]) == {"all"} and set(curve["metric"]) == {"mAP"}
+    assert curve[(curve.strategy == "prs") & (curve.seed == 1)]["value"].max() < 100  # the newest run only
+    final = lb.group_results(df)
+    assert list(dict.fromkeys(final["group"])) == ["majority", "moderate", "minority", "overall"]
+    assert set(final["trained_through_task"]) == {TASKS - 1} and set(final["metric"]) == {"mAP"}
+
+
+def test_plots_and_tables_import_one_way():
+    """plots draws what the leaderboard computes (no cycle); results and the leaderboard need no
+    evaluator (no torch model code to read a results folder)."""
+    code = ("import sys, cml_bench.plots; assert 'cml_bench.leaderboard' not in sys.modules; "
+            "import cml_bench.leaderboard, cml_bench.results; assert 'cml_bench.evaluator' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_family_comes_from_the_manifest(results, tmp_path):
+    """The kind a run's manifest records picks its table's columns; runs without one (older runs)
+    are guessed from their metric names."""
+    df_before = lb.write_leaderboard(results, tmp_path / "guessed")
+    assert "| strategy | majority CF1 |" in df_before  # continual by the metric names
+    for manifest in results.rglob("manifest.json"):
+        if "/prs/" in manifest.as_posix():
+            manifest.write_text('{"benchmark_kind": "generic"}\n')  # one run recording it is enough
+            break
+    text = lb.write_leaderboard(results, tmp_path / "recorded")
+    assert "| strategy | overall mAP | overall CF1 | overall OF1 | overall CF1@3 | overall OF1@3 |" in text
+    assert "| strategy | majority CF1 |" not in text and not (tmp_path / "recorded" / "plot_stream.png").exists()
+    for manifest in results.rglob("manifest.json"):
+        if "/finetune/" in manifest.as_posix():
+            manifest.write_text('{"benchmark_kind": "attribute"}\n')  # runs that disagree: guessed
+    assert "| strategy | majority CF1 |" in lb.write_leaderboard(results, tmp_path / "disagree")
 
 
 def test_write_leaderboard_writes_everything(results, tmp_path):
@@ -277,6 +322,22 @@ def test_write_leaderboard_writes_everything(results, tmp_path):
     # default output folder: the results root itself; without compare no paper rows
     assert "paper:" not in lb.write_leaderboard(results)
     assert (results / "leaderboard.md").is_file()
+
+
+def test_anytime_table_with_paired_seeds(results, tmp_path):
+    """Runs with A_auc rows and several seeds: the anytime table is tested by seed like the others
+    (its bootstrap interval "not available": A_auc is not recomputable from scores.npz)."""
+    for path in results.rglob("metrics.csv"):
+        if path.parent.name.startswith(".") or path.parts[-3] not in ("prs", "finetune"):
+            continue
+        frame = pd.read_csv(path)
+        last = frame[(frame.trained_through_task == TASKS - 1) & (frame.eval_on == "seen") & (frame.group == "all")
+                     & (frame.metric == "mAP")]
+        pd.concat([frame, last.assign(metric="A_auc_mAP", value=last.value + 1)]).to_csv(path, index=False)
+    md = lb.write_leaderboard(results, tmp_path / "board")
+    anytime = md[md.index("## Anytime evaluation"):]
+    assert "| prs | **45.0 ± 3.6** |" in anytime and "| finetune |" in anytime
+    assert "paired t-test (3) | " in anytime and anytime.rstrip().count("not available") >= 1
 
 
 def test_forgetting_table_and_long_export(results, tmp_path):

@@ -1,18 +1,17 @@
 """Tests of cml_bench.metrics against scikit-learn and hand-computed cases."""
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
-import cml_bench.metrics as metrics
 from cml_bench.metrics import (
     CLASSES_DROPPED,
+    FAMILY_METRICS,
     attribute_metrics,
     average_incremental,
     average_precision,
+    family_metrics,
     forgetting,
     group_columns,
     group_metrics,
@@ -207,6 +206,28 @@ def test_group_metrics_equals_the_per_group_calls_and_sklearn(seed):
         assert res["all"]["mAP"] == pytest.approx(np.mean(_sklearn_ap(scores[:, kept], y)))
 
 
+def test_family_metrics_is_the_suite_of_each_kind():
+    """What the evaluator writes and the bootstrap recomputes: one suite per ``BenchmarkMeta.kind``."""
+    scores, targets = _random(3, n=80, m=6)
+    groups, classes = {"common": [0, 1], "rare": [5, 4]}, [0, 1, 2, 4, 5]
+    plain = group_metrics(scores, targets, groups, classes=classes)
+    assert family_metrics("continual", scores, targets, groups, 0.5, classes) == plain
+    assert family_metrics("mlcil", scores, targets, groups, 0.5, classes) == plain
+    generic = family_metrics("generic", scores, targets, groups, 0.5, classes)
+    assert generic == group_metrics(scores, targets, groups, classes=classes, top_k=3)
+    assert set(generic["rare"]) == {*FAMILY_METRICS["generic"], CLASSES_DROPPED}
+    two = family_metrics("generic", scores[:, :2], targets[:, :2], {}, 0.5)  # fewer columns than the top 3
+    assert set(two["all"]) == {*FAMILY_METRICS["continual"], CLASSES_DROPPED}
+    attribute = family_metrics("attribute", scores, targets, groups, 0.3, classes)
+    assert list(attribute) == ["all", "common", "rare"]
+    assert attribute["rare"] == attribute_metrics(scores[:, [5, 4]], targets[:, [5, 4]], threshold=0.3)
+    assert attribute["all"] == attribute_metrics(scores[:, classes], targets[:, classes], threshold=0.3)
+    with pytest.raises(ValueError, match="metric family .* 'weird' \\(benchmark 'b'\\)"):
+        family_metrics("weird", scores, targets, groups, 0.5, benchmark="b")
+    with pytest.raises(ValueError, match="Benchmark 'pa' gives an evaluation ignore mask"):
+        family_metrics("attribute", scores, targets, groups, 0.5, ignore=np.zeros(scores.shape, bool), benchmark="pa")
+
+
 def test_group_columns():
     assert {k: v.tolist() for k, v in group_columns({"a": [3, 0], "b": [], "c": [1]}, 4).items()} == {
         "all": [0, 1, 2, 3], "a": [3, 0], "c": [1]}
@@ -361,15 +382,6 @@ def test_thresholded_metrics_reject_logits_and_bad_threshold():
 def test_classes_validation(classes):
     with pytest.raises(ValueError, match="argument `classes`"):
         multilabel_metrics(np.full((2, 3), 0.5), np.zeros((2, 3)), classes=classes)
-
-
-# ----------------------------------------------------------------------------- doctests
-
-
-def test_doctests():
-    result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 # ----------------------------------------------------------------------------- ignored pairs (VOC difficult)

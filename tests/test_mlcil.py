@@ -30,7 +30,7 @@ from cml_bench.results import metric_family
 from cml_bench.runner import build_benchmark, resolve_config, run
 from cml_bench.single_task import StoreOptions
 from cml_bench.store import open_store
-from test_single_task import make_coco_tree, make_voc_tree  # noqa: E402 (tests/ is on sys.path under pytest)
+from helpers import make_coco_tree, make_voc_tree
 
 COCO_NAMES = COCOSEQ_NAMES + ("person", "cup", "cell phone", "wine glass", "knife", "keyboard", "mouse",
                               "microwave", "toaster", "hair drier")
@@ -175,7 +175,7 @@ def test_seen_union_counts_each_image_once(coco_store):
 
     last = bench.meta.num_tasks - 1
     cfg = EvalConfig(threshold=0.8)
-    seen = Evaluator(bench, cfg, "cpu", labels={}).after_task(Colour(), last)["all"]
+    seen = Evaluator(bench, cfg, "cpu", run_columns={}).after_task(Colour(), last)["all"]
     from cml_bench.stream import MultiLabelTensorDataset
     from cml_bench.store import MemmapRows
 

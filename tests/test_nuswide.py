@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import nuswide
-from cml_bench.evaluator import FAMILY_METRICS
+from cml_bench.metrics import FAMILY_METRICS
 from cml_bench.metrics import CLASSES_DROPPED
 from cml_bench.prepared import read_prs_lists
 from cml_bench.store import BadImagesError, StoreVersionError, open_store
@@ -156,7 +156,7 @@ def test_seq_store_and_benchmark(prepared):
     root, _, _ = prepared
     bench = nuswide.build_seq(nuswide.NuswideseqOptions(root=str(root / "seq")))
     meta = bench.meta
-    assert meta.task_ids == (3, 1, 0, 5, 4, 2) and meta.prs_rho == 0.02 and meta.default_buffer_size == 2000
+    assert meta.task_ids == (3, 1, 0, 5, 4, 2) and meta.memory_rho == 0.02 and meta.default_buffer_size == 2000
     assert meta.kind == "continual" and meta.groups["majority"] == (0,) and len(meta.groups["minority"]) == 11
     assert meta.task_classes[0] == (6, 7)  # stream position 0 is original task 3
     assert [len(e.dataset) for e in bench.train_stream] == [3, 3, 3, 3, 3, 2]  # task 2 (last) lost one image

@@ -23,7 +23,7 @@ from PIL import Image
 
 import cml_bench.store as store_mod
 from benchmarks import pedestrian
-from cml_bench.evaluator import ATTRIBUTE_METRICS
+from cml_bench.metrics import ATTRIBUTE_METRICS
 from cml_bench.store import BadImagesError, StoreVersionError, open_store, partial_path
 
 SMALL = (32, 24)  # stored height x width in the fixture tests (the default is 256 x 192)

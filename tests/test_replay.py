@@ -5,7 +5,7 @@ import warnings
 
 import torch
 
-from cml_bench.buffers import make_buffer
+from cml_bench.buffers import ExStreamBuffer, PRSBuffer, ReservoirBuffer
 from cml_bench.config import ModelConfig, TrainConfig
 from cml_bench.models import build_model
 from cml_bench.replay import OnlineReplayPlugin
@@ -37,7 +37,7 @@ def _train_one_task(tiny_layer, capacity: int):
     config = resolve_config(tiny_layer)
     bench = build_benchmark(config)
     model = build_model(ModelConfig(backbone="resnet10t", feature_level=3, stem_pool=False), 70)
-    replay = OnlineReplayPlugin(make_buffer("reservoir", capacity, 70, seed=0), replay_batch_size=10)
+    replay = OnlineReplayPlugin(ReservoirBuffer(capacity, 70, seed=0), replay_batch_size=10)
     recorder = Recorder(replay)
     # the recorder runs after the replay plugin's before_training_iteration, so it sees the union
     strategy = MultiLabelTemplate(model=model, cfg=TrainConfig(batch_size=10), device="cpu",
@@ -81,7 +81,7 @@ def test_replay_state_round_trip(tiny_layer):
 
     _, replay, _ = _train_one_task(tiny_layer, capacity=15)
     state = copy.deepcopy(replay.state_dict())
-    restored = OnlineReplayPlugin(make_buffer("reservoir", 15, 70, seed=123), replay_batch_size=10)
+    restored = OnlineReplayPlugin(ReservoirBuffer(15, 70, seed=123), replay_batch_size=10)
     restored.load_state_dict(state)
     assert torch.equal(restored.memory.images, replay.memory.images)
     assert (restored.buffer.sample(10) == replay.buffer.sample(10)).all()
@@ -94,9 +94,9 @@ def test_plugin_needs_keys_exactly_for_keyed_buffers():
     import pytest
 
     with pytest.raises(ValueError, match="keys="):
-        OnlineReplayPlugin(make_buffer("exstream", 5, 70, seed=0))
+        OnlineReplayPlugin(ExStreamBuffer(5, 70, seed=0))
     with pytest.raises(ValueError, match="no keys"):
-        OnlineReplayPlugin(make_buffer("prs", 5, 70, seed=0), keys=lambda m, x, y: x)
+        OnlineReplayPlugin(PRSBuffer(5, 70, seed=0), keys=lambda m, x, y: x)
 
 
 def test_keys_leave_the_model_as_it_was():

@@ -18,75 +18,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from benchmarks import coco2014, voc2007
 from cml_bench.cli import main
 from cml_bench.config import EvalConfig
-from cml_bench.evaluator import FAMILY_METRICS, Evaluator, predict
-from cml_bench.metrics import CLASSES_DROPPED, multilabel_metrics, topk_metrics
+from cml_bench.evaluator import Evaluator, predict
+from cml_bench.metrics import CLASSES_DROPPED, FAMILY_METRICS, multilabel_metrics, topk_metrics
 from cml_bench.registry import BENCHMARKS
 from cml_bench.single_task import StoreOptions
 from cml_bench.store import BadImagesError, open_store
-
-# ---------------------------------------------------------------------------- fixture trees
-
-# COCO-like category ids: not contiguous, not in name order (columns follow the ids)
-COCO_CATEGORIES = {1: "person", 2: "bicycle", 18: "dog", 24: "zebra", 90: "toothbrush"}
-# folder -> [(image id, category ids)]; one image per folder has no annotation at all
-COCO_IMAGES = {
-    "train2014": [(11, [1]), (12, [1, 18]), (13, []), (14, [2, 2, 24]), (15, [90]), (16, [18, 1])],
-    "val2014": [(21, [1, 24]), (22, []), (23, [2]), (24, [90, 18])],
-}
-
-
-def _colour(key: int) -> tuple[int, int, int]:
-    return (key * 37 % 251, key * 11 % 251, 90)
-
-
-def write_coco_annotations(coco: Path, images: dict[str, list[tuple[int, list[int]]]],
-                           categories: dict[int, str]) -> None:
-    """instances_{train,val}2014.json in the official format (images, annotations, categories)."""
-    (coco / "annotations").mkdir(parents=True, exist_ok=True)
-    cats = [{"id": i, "name": n, "supercategory": "x"} for i, n in categories.items()]
-    for folder, rows in images.items():
-        imgs = [{"id": i, "file_name": f"COCO_{folder}_{i:012d}.jpg", "width": 32, "height": 24} for i, _ in rows]
-        anns = [{"id": k, "image_id": i, "category_id": c, "iscrowd": 0}
-                for k, (i, c) in enumerate((i, c) for i, cs in rows for c in cs)]
-        (coco / "annotations" / f"instances_{folder}.json").write_text(
-            json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
-
-
-def make_coco_tree(root: Path, images: dict[str, list[tuple[int, list[int]]]] = COCO_IMAGES,
-                   categories: dict[int, str] = COCO_CATEGORIES) -> Path:
-    coco = root / "coco"
-    write_coco_annotations(coco, images, categories)
-    for folder, rows in images.items():
-        (coco / folder).mkdir(parents=True)
-        for i, _ in rows:
-            Image.new("RGB", (32, 24), _colour(i)).save(coco / folder / f"COCO_{folder}_{i:012d}.jpg")
-    return coco
-
-
-# VOC: image id -> the 20 class values (1 / -1 / 0) built from (positives, difficult) column lists
-VOC_SETS = {
-    "trainval": {"000005": ([8], [14]), "000007": ([6], []), "000009": ([12, 14], []),
-                 "000012": ([6, 14], [1]), "000016": ([1], []), "000017": ([12, 14], [])},
-    "test": {"000001": ([11, 14], []), "000002": ([18], [14]), "000004": ([6], []), "000006": ([], [8])},
-}
-
-
-def make_voc_tree(root: Path, sets: dict[str, dict[str, tuple[list[int], list[int]]]] = VOC_SETS) -> Path:
-    voc = root / "VOCdevkit" / "VOC2007"
-    (voc / "ImageSets" / "Main").mkdir(parents=True)
-    (voc / "JPEGImages").mkdir()
-    for image_set, rows in sets.items():
-        for c, name in enumerate(voc2007.CLASSES):
-            lines = [f"{i} {1 if c in pos else 0 if c in diff else -1:>2}" for i, (pos, diff) in rows.items()]
-            (voc / "ImageSets" / "Main" / f"{name}_{image_set}.txt").write_text("\n".join(lines) + "\n")
-        for i in rows:
-            Image.new("RGB", (40, 30), _colour(int(i))).save(voc / "JPEGImages" / f"{i}.jpg")
-    return root / "VOCdevkit"
+from helpers import COCO_CATEGORIES, COCO_IMAGES, colour, make_coco_tree, make_voc_tree, write_coco_annotations
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +85,7 @@ def test_coco_prepare_counts_and_rows(coco_store):
     assert part["ids"] == [21, 22, 23, 24] and part["class_counts"] == [1, 1, 1, 1, 1]
     assert store.labels[part["start"] + 1].sum() == 0
     for row, image_id in zip(range(part["start"], part["stop"]), part["ids"]):
-        assert np.abs(store.images[row].reshape(3, -1).mean(axis=1) - _colour(image_id)).max() < 4
+        assert np.abs(store.images[row].reshape(3, -1).mean(axis=1) - colour(image_id)).max() < 4
     assert store.index["info"]["expected"] == {"classes": 80, "train": 82081, "test": 40504}
 
 
@@ -282,7 +223,7 @@ def test_voc_evaluator_difficult_pairs_are_neither_predictions_nor_positives(voc
         def forward(self, x):
             return torch.full((len(x), 20), 4.0)
 
-    seen = Evaluator(bench, EvalConfig(), "cpu", labels={}).after_task(Everything(), 0)
+    seen = Evaluator(bench, EvalConfig(), "cpu", run_columns={}).after_task(Everything(), 0)
     assert seen["all"]["OP"] == pytest.approx(100 * 4 / 15) and seen["all"]["OR"] == 100
     assert seen["all"][CLASSES_DROPPED] == 16
     targets = np.stack([y.numpy() for _, y, _ in bench.test_stream[0].dataset])

@@ -11,8 +11,8 @@ stored samples that were dropped. Labels only; no model.
   L = sum_c C_c (label occurrences), as PRS counts them (a sample with k labels counts k times).
 - Target: p_c = n_c^rho / sum_k n_k^rho over the classes seen in the stream so far (n_c > 0), n_c
   counting the incoming batch too; rho = 0 is uniform over seen classes, rho < 0 favours rare
-  classes. The strategy uses the benchmark's PRS rho by default, so OCDM and PRS aim at the same
-  target and differ only in how they reach it.
+  classes. The strategy uses the benchmark's rho (``BenchmarkMeta.memory_rho``) by default, so OCDM
+  and PRS aim at the same target and differ only in how they reach it.
 - Divergence: KL(q || p) = sum_c q_c log(q_c / p_c) (finite: every class in memory was seen).
 - Ties (candidates with the same label set leave the same divergence): one is drawn uniformly with
   the buffer's generator (the paper does not say; always the first would age the low slots).

@@ -1,8 +1,8 @@
 """Speed of the metric suite the evaluator runs, on a COCOseq-sized test set.
 
-Not a test (pytest does not collect it): a script to run by hand.
+A script to run by hand, from the repository root:
 
-    python tests/bench_metrics.py [--images 6366 --classes 70 --repeats 30 --seed 0 --top-k 0]
+    python -m benches.bench_metrics [--images 6366 --classes 70 --repeats 30 --seed 0 --top-k 0]
 
 The input: ``--images`` x ``--classes`` sigmoid scores (float32, as the evaluator's ``predict``
 returns them) and 0/1 targets with a long-tailed class prevalence (class c is positive with

@@ -1,9 +1,9 @@
 """Speed and fidelity benchmark of the vectorised PRS buffer against the plain reference, and of
 OCDM next to it.
 
-Not a test (pytest does not collect it): a script to run by hand on the real label stream.
+A script to run by hand on the real label stream, from the repository root:
 
-    python tests/bench_prs_buffer.py --labels ../shared/data/prs_splits/COCOseq/labels_cocoseq.json \
+    python -m benches.bench_prs_buffer --labels ../shared/data/prs_splits/COCOseq/labels_cocoseq.json \
         [--capacity 2000 --rho -0.03 --seed 0 --reference-seed 1 --batch-size 10 --passes 5 \
          --skip-reference]
 
@@ -43,14 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-for path in (HERE, HERE.parent):  # reference_prs beside this file; cml_bench in the repo root
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from reference_prs import ReferencePRS  # noqa: E402
-
-from cml_bench.buffers import OCDMBuffer, PRSBuffer, ReservoirBuffer  # noqa: E402
+from benches.reference_prs import ReferencePRS
+from cml_bench.buffers import OCDMBuffer, PRSBuffer, ReservoirBuffer
 
 GROUPS = ("majority", "moderate", "minority")
 SPEEDUP_TARGET = 50.0

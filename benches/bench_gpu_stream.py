@@ -1,10 +1,10 @@
 """Full-size throughput check: ResNet-101 at 256 px on a COCOseq-sized stream, through the real pipeline.
 
-Not a test (pytest does not collect it): a script for a GPU machine. Two steps, so that the GPU's
-time goes to the stream (the first needs no GPU, and is skipped when the store already exists):
+A script for a GPU machine, run from the repository root. Two steps, so that the GPU's time goes
+to the stream (the first needs no GPU, and is skipped when the store already exists):
 
-    python tests/bench_gpu_stream.py --build-store-only
-    python tests/bench_gpu_stream.py --device cuda [--precision bf16 --channels-last]
+    python -m benches.bench_gpu_stream --build-store-only
+    python -m benches.bench_gpu_stream --device cuda [--precision bf16 --channels-last]
 
 What it does:
 1. Writes (or reuses) a ``cocoseq`` store (the format `data prepare cocoseq` writes: memory-mapped
@@ -38,16 +38,13 @@ import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import cocoseq, synth_cocoseq as synth  # noqa: E402
-from cml_bench.cli import _parse_set  # noqa: E402
-from cml_bench.config import merge  # noqa: E402
-from cml_bench.registry import STRATEGIES, split_head  # noqa: E402
-from cml_bench.runner import resolve_config, run  # noqa: E402
-from cml_bench.store import StorePart, write_store  # noqa: E402
-from cml_bench.strategy import StrategySpec  # noqa: E402
+from benchmarks import cocoseq, synth_cocoseq as synth
+from cml_bench.cli import _parse_set
+from cml_bench.config import merge
+from cml_bench.registry import STRATEGIES, split_head
+from cml_bench.runner import resolve_config, run
+from cml_bench.store import StorePart, write_store
+from cml_bench.strategy import StrategySpec
 
 NOISE_POOL = 64  # distinct random images the store's pixels are drawn from
 

@@ -1,10 +1,10 @@
 """Campaign throughput on one GPU: finished runs per hour with 1, 2, 4, 8 runs packed on the device.
 
-Not a test (pytest does not collect it): a script for a GPU machine. The store is the one of
+A script for a GPU machine, run from the repository root. The store is the one of
 ``bench_gpu_stream.py`` (same flags; build it first, it needs no GPU):
 
-    python tests/bench_gpu_campaign.py --build-store-only
-    python tests/bench_gpu_campaign.py --device cuda [--levels 1,2,4,8 --window-s 60 --precision bf16]
+    python -m benches.bench_gpu_campaign --build-store-only
+    python -m benches.bench_gpu_campaign --device cuda [--levels 1,2,4,8 --window-s 60 --precision bf16]
 
 For each packing level k, a fresh ``sweep`` of k runs (``prs+ssca`` with ResNet-101 at 256 px on the
 COCOseq-sized ``cocoseq`` store, seeds 0..k-1, ``pretrained=False``) runs on the local executor with
@@ -34,16 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from avalanche.core import SupervisedPlugin
 
-import torch  # noqa: E402
-from avalanche.core import SupervisedPlugin  # noqa: E402
+from benches.bench_gpu_stream import build_store, run_layer, store_arguments
+from cml_bench.registry import STRATEGIES, split_head
+from cml_bench.strategy import StrategySpec
 
-from bench_gpu_stream import build_store, run_layer, store_arguments  # noqa: E402
-from cml_bench.registry import STRATEGIES, split_head  # noqa: E402
-from cml_bench.strategy import StrategySpec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: benches and cml_bench for the child
 
 PROGRESS_ENV = "CML_BENCH_CAMPAIGN_PROGRESS"  # folder the counted runs write their progress to
 STRATEGY = "prs+ssca"
@@ -133,14 +131,15 @@ def _at(records: list[dict], t: float) -> dict:
 def measure_level(args: argparse.Namespace, k: int, root: Path, train_images: int) -> dict:
     folder = root / f"level{k}"
     folder.mkdir(parents=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--level", str(k), "--out", str(folder / "runs"),
+    command = [sys.executable, "-m", "benches.bench_gpu_campaign", "--level", str(k), "--out", str(folder / "runs"),
                "--store", str(args.store), "--scale", str(args.scale), "--size", str(args.size),
                "--device", args.device, "--precision", args.precision, "--num-workers", str(args.num_workers),
                "--cpus-per-run", str(args.cpus_per_run)]
     command += ["--channels-last"] if args.channels_last else []
     for item in args.set:
         command += ["--set", item]
-    env = {**os.environ, PROGRESS_ENV: str(folder)}
+    env = {**os.environ, PROGRESS_ENV: str(folder),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     started = time.time()
     child = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
