@@ -8,7 +8,8 @@ Two questions are asked of every run folder, and both are answered here:
   the data's identity. Runs of different keys are never averaged together.
 * **Is it this very run, already done?** (``run`` / ``sweep`` skip it, ``--resume`` continues it):
   the resolved config must be equal (seed and device included; see
-  :func:`cml_bench.results.find_finished`) *and* the :func:`run_identity` recorded in the run's
+  :func:`cml_bench.results.find_finished`) *and* the run identity
+  (:func:`cml_bench.resolved.run_identity`, built from the functions here) recorded in the run's
   manifest must equal today's: the data's identity (a prepared store's fingerprint and build, the
   synthetic generator's version), the pretrained weights' hash, and on a CPU the torch thread
   count (results are not bitwise equal across thread counts).
@@ -20,11 +21,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:
-    from cml_bench.config import RunConfig
-    from cml_bench.resolved import ResolvedRun
+from typing import Any, Mapping
 
 # Dotted config keys left out of the experiment key: they change where a run executes or where it
 # caches data, not what it computes (the device only changes floating-point rounding).
@@ -88,13 +85,13 @@ def file_sha256(path: str | Path) -> str:
     return _FILE_HASHES[key]
 
 
-def data_identity(run: ResolvedRun) -> str | None:
-    """What the run's data is, beyond its config: the benchmark's ``identity(options)`` when it
-    defines one (synthetic generators: their version), else the prepared store's identity when
-    ``benchmark.options.root`` names a store (see :func:`cml_bench.store.store_identity`)."""
+def data_identity(spec: Any, options: Any) -> str | None:
+    """What a run's data is, beyond its config, for the benchmark ``spec`` with typed ``options``:
+    the benchmark's ``identity(options)`` when it defines one (synthetic generators: their version),
+    else the prepared store's identity when ``options.root`` names a store (see
+    :func:`cml_bench.store.store_identity`)."""
     from cml_bench.store import store_identity
 
-    spec, options = run.benchmark, run.benchmark_options
     if getattr(spec, "identity", None) is not None:
         return spec.identity(options)
     root = getattr(options, "root", None)
@@ -129,15 +126,3 @@ def weights_identity(config: Any) -> str | None:
         if path is not None:
             return "sha256:" + file_sha256(path)[:16]
     return None
-
-
-def run_identity(run: ResolvedRun | RunConfig, threads: int) -> dict[str, Any]:
-    """Everything besides the resolved config that must match for a run to count as done or to be
-    resumed: data, weights, and (on a CPU, where results depend on it) the thread count.
-    ``run``: a :class:`~cml_bench.resolved.ResolvedRun` (or a resolved config, resolved into one)."""
-    from cml_bench.resolved import ResolvedRun
-
-    run = ResolvedRun.of(run)
-    config = run.config
-    return {"data": data_identity(run), "weights": weights_identity(config),
-            "threads": int(threads) if str(config.device).startswith("cpu") else None}

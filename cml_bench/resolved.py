@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from cml_bench.config import ConfigError, RunConfig, build_dataclass, resolve
-from cml_bench.identity import run_identity
+from cml_bench.identity import data_identity, weights_identity
 from cml_bench.registry import BENCHMARKS, HEADS, STRATEGIES, split_head
 
 if TYPE_CHECKING:  # both modules import Avalanche: not needed to resolve a run
@@ -89,9 +89,12 @@ class ResolvedRun:
         return f"{self.label} on {self.config.benchmark.name}, seed {self.config.seed}"
 
     def identity(self, threads: int) -> dict[str, Any]:
-        """What besides the config must match for a finished run to count as this one
-        (:func:`cml_bench.identity.run_identity`), with ``threads`` torch threads."""
-        return run_identity(self, threads)
+        """What besides the config must match for a finished run to count as this one, or to be
+        resumed: data, weights, and (on a CPU, where results depend on it) the thread count
+        ``threads`` (see :mod:`cml_bench.identity`)."""
+        config = self.config
+        return {"data": data_identity(self.benchmark, self.benchmark_options), "weights": weights_identity(config),
+                "threads": int(threads) if str(config.device).startswith("cpu") else None}
 
     def build_benchmark(self) -> MultiLabelBenchmark:
         """The benchmark's streams, built from the typed options."""
@@ -117,3 +120,8 @@ def resolve_config(*layers: Mapping[str, Any]) -> RunConfig:
 def strategy_label(config: RunConfig) -> str:
     """``prs+ssca``-style name of what actually runs (the head made explicit when not pooled)."""
     return ResolvedRun.of(config).label
+
+
+def run_identity(run: ResolvedRun | RunConfig, threads: int) -> dict[str, Any]:
+    """:meth:`ResolvedRun.identity` of ``run`` (a resolved run, or a resolved config resolved into one)."""
+    return ResolvedRun.of(run).identity(threads)

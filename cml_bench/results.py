@@ -272,7 +272,7 @@ def _runs_of(out: str | Path, config: RunConfig, strategy_label: str, prefix: st
 def _identity(config: RunConfig, identity: dict[str, Any] | None) -> dict[str, Any]:
     if identity is not None:
         return identity
-    from cml_bench.identity import run_identity
+    from cml_bench.resolved import run_identity
 
     return run_identity(config, torch.get_num_threads())
 
@@ -284,7 +284,7 @@ def _differs(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
 
 def find_partial(out: str | Path, config: RunConfig, strategy_label: str,
                  identity: dict[str, Any] | None = None, notes: list[str] | None = None) -> Path | None:
-    """The newest unfinished run of exactly this config and :func:`~cml_bench.identity.run_identity`
+    """The newest unfinished run of exactly this config and :func:`~cml_bench.resolved.run_identity`
     (default: today's, with this process's thread count) that left a checkpoint, if any.
 
     A checkpoint made on other data, weights or thread count is not resumed (a line in ``notes``).

@@ -103,7 +103,7 @@ def run(config: RunConfig | ResolvedRun, out: str | Path, benchmark: MultiLabelB
     ``config``: a :class:`~cml_bench.resolved.ResolvedRun`, or a resolved config (resolved into one).
     A checkpoint is written after every task into the run's hidden staging folder; with
     ``resume`` (the default) an unfinished run of the same config and
-    :func:`~cml_bench.identity.run_identity` continues after its last finished task. The working
+    :func:`~cml_bench.resolved.run_identity` continues after its last finished task. The working
     folder is locked while the run works in it; ``lock_wait_s`` is how long to wait for a lock held
     on another host to go stale (a run whose node died) before giving up.
     ``loggers``: Avalanche loggers to feed as well (``tensorboard``, ``wandb``; ``cml_bench/recording.py``).

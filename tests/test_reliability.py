@@ -25,7 +25,7 @@ import cml_bench.checkpoint as ckpt
 import cml_bench.runner as runner
 from cml_bench import leaderboard as lb
 from cml_bench.cli import main
-from cml_bench.identity import run_identity
+from cml_bench.resolved import run_identity
 from cml_bench.results import find_finished, find_partial, finish_run, start_run
 from cml_bench.runner import resolve_config, strategy_label
 
