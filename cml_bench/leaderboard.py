@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from cml_bench import mlcil, significance
-from cml_bench.metrics import ATTRIBUTE_METRICS
+from cml_bench.metrics import ATTRIBUTE_METRICS, lower_is_better
 from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
 from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
 from cml_bench.scores import SCORES_FILE, load_scores
@@ -415,19 +415,19 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True, marks: pd.DataF
     pm, dash, blocks = (r" $\pm$ ", "--", []) if tex else (" ± ", "–", [])
     mark_of = {} if marks is None else {(r.benchmark, r.strategy, r.group, r.metric): r.mark
                                         for r in marks.itertuples()}
-    signs = {"lower": r"$^{\dagger}$", "higher": r"$^{\ddagger}$", "untested": r"$^{\circ}$"} if tex else SIGNS
+    signs = {"worse": r"$^{\dagger}$", "better": r"$^{\ddagger}$", "untested": r"$^{\circ}$"} if tex else SIGNS
     esc = (lambda s: re.sub(r"([&%$#_{}])", r"\\\1", s)) if tex else (lambda s: s)
     pairs = list(dict.fromkeys((g, m) for g, m, _ in table.columns))
     for bench in table.index.unique("benchmark"):
         sub = _sorted_rows(table.loc[[bench]]).loc[bench]
         bench_marks = None if marks is None else marks[marks["benchmark"] == bench]
-        if bench_marks is not None and not bench_marks["mark"].isin(["same", "lower", "higher"]).any():
+        if bench_marks is not None and not bench_marks["mark"].isin(["same", "worse", "better"]).any():
             bench_marks = None  # nothing could be tested (one seed per row): plain best-mean bold
         ours = [s for s in sub.index if not s.startswith(REFERENCE_PREFIX)]
         best = {}
         for p in pairs:  # by the displayed (rounded) mean: ties are all bold, unless all tie
             means = sub.loc[ours, (*p, "mean")].round(1).dropna()
-            low = p[1].startswith("forgetting_")  # forgetting: lower is better
+            low = lower_is_better(p[1])
             best[p] = (means.min() if low else means.max()) if means.nunique() > 1 else None
         row_n = sub.xs("n", axis=1, level="stat").max(axis=1)
         seeds = set(row_n[ours].dropna().astype(int))
@@ -476,21 +476,21 @@ def _render(table: pd.DataFrame, tex: bool, n_note: bool = True, marks: pd.DataF
     return "\n\n".join(blocks) + "\n"
 
 
-SIGNS = {"lower": " †", "higher": " ‡", "untested": " °"}  # significance marks after a cell (Markdown)
+SIGNS = {"worse": " †", "better": " ‡", "untested": " °"}  # significance marks after a cell (Markdown)
 TEST_NAMES = {"t-test": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 
 
 def _significance_note(marks: pd.DataFrame, signs: dict[str, str]) -> str:
     """The footnote saying what bold and the marks mean, and which paired test was run."""
-    tested = marks[marks["mark"].isin(["same", "lower", "higher"])]
+    tested = marks[marks["mark"].isin(["same", "worse", "better"])]
     chosen = sorted(set(marks.loc[marks["chosen"], "against"]))
     ref = f"{chosen[0]} (the reference row)" if chosen else "the best mean per column"
     tests = ", ".join(f"{TEST_NAMES[name]} ({'>= 6' if name == 'wilcoxon' else '2-5'} paired seeds)"
                       for name in sorted(set(tested["test"]), reverse=True))
     alpha = marks["alpha"].iloc[0] if len(marks) else 0.05
     return (f"bold: {ref} and the rows not significantly different from it (paired by seed, two-sided "
-            f"{tests}, alpha = {alpha:g}); {signs['lower'].strip()} significantly lower, "
-            f"{signs['higher'].strip()} significantly higher, {signs['untested'].strip()} fewer than 2 seeds "
+            f"{tests}, alpha = {alpha:g}); {signs['worse'].strip()} significantly worse (lower; "
+            f"for forgetting, higher), {signs['better'].strip()} significantly better, {signs['untested'].strip()} fewer than 2 seeds "
             f"paired with the reference (not tested).")
 
 

@@ -69,6 +69,16 @@ FAMILY_METRICS = {
     "attribute": ATTRIBUTE_METRICS,
     "mlcil": MAIN_METRICS,
 }
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is the better one (forgetting); every other metric here
+    is better when higher.
+
+    >>> lower_is_better("forgetting_mAP"), lower_is_better("mAP")
+    (True, False)
+    """
+    return metric.startswith("forgetting_")
+
+
 HEADLINE_METRIC = {"continual": "mAP", "generic": "mAP", "attribute": "mA", "mlcil": "mAP"}
 """The metric a progress line shows, per family."""
 

@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cml_bench.metrics import family_metrics
+from cml_bench.metrics import family_metrics, lower_is_better
 from cml_bench.scores import TestScores
 
 WILCOXON_MIN_PAIRS = 6
 ZERO = 1e-9  # differences this small (metric points) are float noise of identical values
-MARKS = ("best", "same", "lower", "higher", "untested")
+MARKS = ("best", "same", "worse", "better", "untested")
+"""Worse / better: significantly, in the metric's own direction (lower forgetting is better)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def compare_to_reference(per_seed: pd.DataFrame, alpha: float = 0.05,
             if against is not None and against in means.index and not np.isnan(means.loc[against, col]):
                 ref = against
             elif shown.nunique() > 1:
-                ref = means[col].idxmax()
+                ref = means[col].idxmin() if lower_is_better(col[1]) else means[col].idxmax()
             else:
                 ref = None
             wide = sub[col].unstack("strategy")  # seeds x strategies
@@ -118,7 +119,8 @@ def compare_to_reference(per_seed: pd.DataFrame, alpha: float = 0.05,
                     elif result.p_value >= alpha:
                         out["mark"] = "same"
                     else:
-                        out["mark"] = "lower" if result.mean_diff < 0 else "higher"
+                        worse = (result.mean_diff > 0) if lower_is_better(col[1]) else (result.mean_diff < 0)
+                        out["mark"] = "worse" if worse else "better"
                 rows.append(out)
     return pd.DataFrame(rows)
 

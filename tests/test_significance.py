@@ -53,13 +53,25 @@ def test_marks_against_the_best_and_a_chosen_row():
                           "worse": [x - 5 + 0.1 * i for i, x in enumerate(base)], "one": [10.0]})
     marks = sg.compare_to_reference(per_seed).set_index("strategy")
     assert marks.loc["best", "mark"] == "best" and (marks["against"] == "best").all()
-    assert marks.loc["twin", "mark"] == "same" and marks.loc["worse", "mark"] == "lower"
+    assert marks.loc["twin", "mark"] == "same" and marks.loc["worse", "mark"] == "worse"
     assert marks.loc["one", "mark"] == "untested" and marks.loc["worse", "test"] == "t-test"
     chosen = sg.compare_to_reference(per_seed, against="worse").set_index("strategy")
-    assert chosen.loc["worse", "mark"] == "best" and chosen.loc["best", "mark"] == "higher"
+    assert chosen.loc["worse", "mark"] == "best" and chosen.loc["best", "mark"] == "better"
     assert chosen["chosen"].all()
     with pytest.raises(ValueError, match="alpha"):
         sg.compare_to_reference(per_seed, alpha=1.5)
+
+
+def test_forgetting_is_better_when_lower():
+    """The reference of a forgetting column is its lowest mean, and more forgetting is worse."""
+    low, high = [1.0, 2.0, 1.5, 1.2], [9.0, 11.0, 10.2, 9.7]
+    index = pd.MultiIndex.from_tuples([("b", s, seed, f"b/{s}/seed{seed}") for s in ("low", "high") for seed in range(4)],
+                                      names=["benchmark", "strategy", "seed", "run"])
+    per_seed = pd.DataFrame({("all", "forgetting_mAP"): low + high, ("all", "mAP"): low + high}, index=index)
+    marks = sg.compare_to_reference(per_seed).set_index(["metric", "strategy"])
+    assert marks.loc[("forgetting_mAP", "low"), "mark"] == "best"
+    assert marks.loc[("forgetting_mAP", "high"), "mark"] == "worse"
+    assert marks.loc[("mAP", "high"), "mark"] == "best" and marks.loc[("mAP", "low"), "mark"] == "worse"
 
 
 def _scores(rng: np.random.Generator, n: int = 300, m: int = 12, boost: float = 0.0) -> TestScores:
