@@ -43,7 +43,6 @@ __all__ = [
     "group_columns",
     "group_metrics",
     "forgetting",
-    "average_incremental",
     "CLASSES_DROPPED",
     "area_under_curve",
     "MAIN_METRICS",
@@ -561,22 +560,6 @@ def forgetting(matrix: Any) -> np.ndarray:
         before[np.triu_indices(t - 1, k=1)] = -np.inf  # rows i < j: task j not yet seen
         out[: t - 1] = before.max(axis=0) - m[t - 1, : t - 1]
     return out
-
-
-def average_incremental(matrix: Any) -> float:
-    """Average incremental metric: mean over steps i of the mean of ``matrix[i, :i+1]``.
-
-    Same convention for ``matrix`` as :func:`forgetting`; the last step's term is the final
-    average over all tasks. NaN among the entries used propagates.
-
-    >>> m = np.array([[80.0, np.nan], [60.0, 70.0]])
-    >>> average_incremental(m)
-    72.5
-    """
-    m = _check_matrix(matrix)
-    rows = np.tril(np.ones(m.shape, dtype=bool))
-    step_means = np.where(rows, m, 0.0).sum(axis=1) / rows.sum(axis=1)
-    return float(step_means.mean())
 
 
 def area_under_curve(samples: Any, values: Any) -> float:
