@@ -25,7 +25,8 @@ from cml_bench.sweep import Outcome, PlannedRun, Progress, SweepReport, expand_g
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"  # the CLI of this Python's Ray
-RUN_FILES = {"config.yaml", "manifest.json", "metrics.csv", "summary.md", "model.pt", "scores.npz"}  # + memory.csv for replay runs
+# + memory.csv for replay runs; anytime.csv because synth-cocoseq's defaults turn anytime evaluation on
+RUN_FILES = {"config.yaml", "manifest.json", "metrics.csv", "summary.md", "model.pt", "scores.npz", "anytime.csv"}
 
 
 def _tiny_config(tiny_layer, tmp_path) -> Path:
