@@ -166,6 +166,22 @@ def plot_anytime(curve: pd.DataFrame, path: str | Path, strategies: Sequence[str
     _save(fig, path)
 
 
+def _merge_identical_memories(shares: pd.DataFrame, strategies: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """One curve for strategies whose memories were identical at every point of every seed (a
+    label-only buffer keeps the same samples whatever the head), labelled ``prs, prs+cos``; drawn
+    apart, such curves lie exactly on top of each other and hide all but the last."""
+    cols = ["seed", "point", "samples", "group"]
+    curves: dict[bytes, list[str]] = {}
+    for name in strategies:
+        rows = shares[shares["strategy"] == name].sort_values(cols)
+        key = rows[cols].to_csv(index=False).encode() + rows["memory"].to_numpy().round(9).tobytes()
+        curves.setdefault(key, []).append(name)
+    label = {name: ", ".join(names) for names in curves.values() for name in names}
+    first = {names[0] for names in curves.values()}
+    kept = shares[shares["strategy"].isin(first)]
+    return kept.assign(strategy=kept["strategy"].map(label)), [label[n] for n in strategies if n in first]
+
+
 def plot_memory(shares: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
     """What the replay memory held over the stream, for one benchmark: per class group (panels), the
     share of the memory's label occurrences for each replay strategy (mean over seeds, +-1 sd band),
@@ -174,7 +190,7 @@ def plot_memory(shares: pd.DataFrame, path: str | Path, strategies: Sequence[str
     if shares.empty:
         raise ValueError("Nothing to plot: no memory.csv rows (replay runs write them).")
     groups = [g for g in ("majority", "moderate", "minority") if g in set(shares["group"])]
-    strategies = _order(strategies, shares["strategy"])
+    shares, strategies = _merge_identical_memories(shares, _order(strategies, shares["strategy"]))
     fig, axes = _figure(4.2 * len(groups) + 2.4, 3.6, 1, len(groups))
     ends = sorted(shares[shares["point"] == "task"].groupby("task")["samples"].max())
     for i, (ax, group) in enumerate(zip(axes, groups)):
