@@ -4,14 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
 
 
 def _patch_embed(model: nn.Module) -> nn.Module | None:
@@ -19,59 +16,6 @@ def _patch_embed(model: nn.Module) -> nn.Module | None:
     from timm.layers import PatchEmbed
 
     return next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
-
-
-class _SameDraws(TorchDispatchMode):
-    """Runs every random op that writes a meta tensor once more on a CPU tensor of the same shape,
-    strides and dtype, and throws that away: the CPU generator then advances exactly as a real
-    tensor would have made it advance."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if torch.Tag.nondeterministic_seeded in func.tags and any(
-                isinstance(a, torch.Tensor) and a.is_meta for a in tree_flatten((args, kwargs))[0]):
-            def real(a: Any) -> Any:
-                return torch.empty_strided(a.shape, a.stride(), dtype=a.dtype) \
-                    if isinstance(a, torch.Tensor) and a.is_meta else a
-            func(*tree_map(real, args), **tree_map(real, kwargs))
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def _meta_parameters() -> Iterator[None]:
-    """Modules built inside keep their parameters on the meta device (no memory, no arithmetic),
-    their random initialisation drawn all the same (:class:`_SameDraws`). Patches
-    ``nn.Module.register_parameter`` meanwhile: build nothing else in another thread."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = on_meta
-    try:
-        with _SameDraws():
-            yield
-    finally:
-        nn.Module.register_parameter = register
-
-
-def _probe(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model(name, features_only=True, **kwargs)`` with its parameters on the meta
-    device: what the body will be (its feature levels, a PatchEmbed) is read from it before the body
-    is built. Its random draws are still made, because the body's initial weights, and everything
-    a run draws after them, have always come after them: a seeded run's results stay the same. A
-    model whose construction needs real parameter values is built for real (the same draws)."""
-    import timm
-
-    state = torch.get_rng_state()
-    try:
-        with _meta_parameters():
-            return timm.create_model(name, pretrained=False, features_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - a real build gives the same draws, and the user's error if any
-        torch.set_rng_state(state)
-        return timm.create_model(name, pretrained=False, features_only=True, **kwargs)
 
 
 def check_backbone_name(name: str) -> None:
@@ -192,7 +136,10 @@ class FeatureBackbone(nn.Module):
         kwargs = dict(options or {})
         check_backbone_name(name)
         try:
-            probe = _probe(name, kwargs)
+            # Built in full only to read what the body will be (its feature levels, a PatchEmbed). A
+            # second build costs a fraction of a second, and its random draws come before the body's
+            # as they always have, so a seeded run's initial weights stay what they were.
+            probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
         except TypeError as err:  # an option the model's constructor does not take
             raise ValueError(f"model.backbone_options {sorted(kwargs)}: timm's '{name}' refuses them ({err}); "
                              f"remove the option or pick a backbone that takes it.") from None
