@@ -96,6 +96,11 @@ def plot_matrix(matrix: pd.DataFrame, path: str | Path, strategies: Sequence[str
     side = 0.55 * len(tasks) + 1.3
     fig, axes = _figure(side * ncols + 1.0, (side + 0.3) * nrows, nrows, ncols)
     norm = Normalize(0, max(10.0, math.ceil(m["mAP_mean"].max() / 10) * 10))
+    # seaborn draws the whole figure inside each annotated heatmap (to read the cells' colours); with
+    # the layout engine on, each of those draws lays out every panel again (quadratic in the panels:
+    # 30 s for 24 strategies). The layout is done once, when the figure is saved.
+    layout = fig.get_layout_engine()
+    fig.set_layout_engine("none")
     for ax, (bench, strategy) in zip(axes, panels):
         sub = m[(m["benchmark"] == bench) & (m["strategy"] == strategy)]
         grid = sub.pivot(index="trained_through_task", columns="task", values="mAP_mean")
@@ -108,6 +113,7 @@ def plot_matrix(matrix: pd.DataFrame, path: str | Path, strategies: Sequence[str
         ax.tick_params(labelsize=8, rotation=0)
     for ax in axes[len(panels):]:
         ax.set_axis_off()
+    fig.set_layout_engine(layout)
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=axes, shrink=0.8 if nrows > 1 else 1.0,
                  label="mAP (%), mean over seeds")
     _save(fig, path)
