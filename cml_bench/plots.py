@@ -54,31 +54,70 @@ def _save(fig: Figure, path: str | Path) -> None:
     fig.savefig(path, format="png", bbox_inches="tight")
 
 
-def plot_stream(curve: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
-    """mAP on the union of the seen tasks (all classes) after each task, one line per strategy,
-    mean over seeds with +-1 sd error bars (one panel per benchmark). Bars rather than bands: with
-    many strategies overlapping bands hide each other, and a strategy evaluated once (multitask)
-    has no band at all. ``curve``: rows benchmark, strategy, seed, trained_through_task, value
-    (``leaderboard.stream_curve``)."""
-    d = curve
-    if d.empty:
-        raise ValueError("Nothing to plot: no mAP rows with eval_on = seen and group = all.")
+HEAD_ORDER = ("pooled", "+cos", "+ssca")
+"""Panel order of the heads in the stream and anytime figures (other heads after them, alphabetically)."""
+
+
+def _split_heads(d: pd.DataFrame, strategies: Sequence[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """``d`` with ``base`` and ``head`` columns (``"prs+ssca [1a2b3c]"`` -> ``"prs [1a2b3c]"``,
+    ``"+ssca"``; no suffix: ``"pooled"``), the bases in display order and the heads present."""
+    def split(name: str) -> tuple[str, str]:
+        core, _, tag = name.partition(" [")  # a second config of a strategy keeps its tag
+        base, _, head = core.partition("+")
+        return base + (f" [{tag}" if tag else ""), f"+{head}" if head else "pooled"
+
+    parts = [split(name) for name in d["strategy"]]
+    d = d.assign(base=[b for b, _ in parts], head=[h for _, h in parts])
+    bases = list(dict.fromkeys(split(name)[0] for name in _order(strategies, d["strategy"])))
+    present = set(d["head"])
+    heads = [h for h in HEAD_ORDER if h in present] + sorted(present - set(HEAD_ORDER))
+    return d, bases, heads
+
+
+def _head_grid(d: pd.DataFrame, strategies: Sequence[str] | None, width: float, height: float):
+    """One row of panels per benchmark and one column per head, the strategies coloured by their
+    base (the same colour for ``prs``, ``prs+cos`` and ``prs+ssca``): 24 strategies in one panel
+    need 24 colours, which no palette keeps apart; 8 bases in 3 panels read at a glance."""
+    d, bases, heads = _split_heads(d, _order(strategies, d["strategy"]))
     benchmarks = sorted(d["benchmark"].unique())
-    strategies = _order(strategies, d["strategy"])
-    fig, axes = _figure(4.5 * len(benchmarks) + 2.2, max(3.8, 0.26 * len(strategies)), 1, len(benchmarks))
-    for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
-        # markers: a strategy evaluated only once (multitask, after the last task) is still visible
-        sns.lineplot(data=d[d["benchmark"] == bench], x="trained_through_task", y="value",
-                     hue="strategy", hue_order=strategies, palette=_palette(strategies),
-                     style="strategy", style_order=strategies, markers=True, dashes=False,
-                     errorbar="sd", err_style="bars", err_kws={"capsize": 3, "elinewidth": 1},
-                     ax=ax, legend=i == len(benchmarks) - 1)
-        tasks = sorted(d["trained_through_task"].unique())
+    fig, axes = _figure(width * len(heads) + 2.2, height * len(benchmarks), len(benchmarks), len(heads))
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
+    panels = [(bench, head, ax) for (bench, head), ax in
+              zip(((b, h) for b in benchmarks for h in heads), axes)]
+    return d, bases, heads, _palette(bases), fig, panels
+
+
+def _title(bench: str, head: str, heads: list[str]) -> str:
+    return bench if heads == ["pooled"] else f"{bench}: {head} head"
+
+
+def _legend(ax, handles: list, title: str) -> None:
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), title=title, frameon=False)
+
+
+def plot_stream(curve: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
+    """mAP on the union of the seen tasks (all classes) after each task, mean over seeds with +-1 sd
+    error bars: one panel per head (pooled, +cos, +ssca) and benchmark, one line per base strategy,
+    in the same colour in every panel. Bars rather than bands: overlapping bands hide each other,
+    and a strategy evaluated once (multitask) has no band at all; its marker shows its one point.
+    ``curve``: rows benchmark, strategy, seed, trained_through_task, value (``leaderboard.stream_curve``)."""
+    from matplotlib.lines import Line2D
+
+    if curve.empty:
+        raise ValueError("Nothing to plot: no mAP rows with eval_on = seen and group = all.")
+    d, bases, heads, colours, fig, panels = _head_grid(curve, strategies, 4.2, 4.0)
+    for bench, head, ax in panels:
+        sub = d[(d["benchmark"] == bench) & (d["head"] == head)]
+        sns.lineplot(data=sub, x="trained_through_task", y="value", hue="base",
+                     hue_order=[b for b in bases if b in set(sub["base"])], palette=colours, marker="o",
+                     errorbar="sd", err_style="bars", err_kws={"capsize": 3, "elinewidth": 1}, ax=ax, legend=False)
+        tasks = sorted(d.loc[d["benchmark"] == bench, "trained_through_task"].unique())
         ax.set_xticks(tasks, [str(t) for t in tasks])
-        ax.set(title=bench, xlabel="after training through task", ylabel="mAP on all seen tasks (%)")
+        ax.set(title=_title(bench, head, heads), xlabel="after training through task", ylabel="mAP on all seen tasks (%)")
         ax.grid(alpha=0.3)
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="strategy (mean ± sd)",
-                    frameon=False)
+    _legend(panels[len(heads) - 1][2], [Line2D([], [], color=colours[b], marker="o", label=b) for b in bases],
+            "strategy (mean ± sd)")
     _save(fig, path)
 
 
@@ -152,23 +191,37 @@ def _task_lines(ax, ends: list[float]) -> None:
 
 def plot_anytime(curve: pd.DataFrame, path: str | Path, strategies: Sequence[str] | None = None) -> None:
     """mAP on the seen tasks' (subsampled) test sets during training, against stream samples seen:
-    one line per strategy, mean over seeds with a +-1 sd band (one panel per benchmark); dotted
-    lines at task ends. ``curve``: rows benchmark, strategy, seed, samples, task_end_samples, value
-    (``leaderboard.anytime_curve``)."""
-    d = curve
-    if d.empty:
+    one panel per head (pooled, +cos, +ssca) and benchmark, one line per base strategy (mean over
+    seeds, +-1 sd band), dotted lines at task ends. The x axis spans the stream; a strategy trained
+    on more samples than the stream holds (the joint reference's extra passes) is drawn as a dashed
+    line at its final value, since its curve has no task ends to compare with. ``curve``: rows
+    benchmark, strategy, seed, samples, task_end_samples, value (``leaderboard.anytime_curve``)."""
+    from matplotlib.lines import Line2D
+
+    if curve.empty:
         raise ValueError("Nothing to plot: no anytime mAP rows (runs with eval.every set).")
-    benchmarks = sorted(d["benchmark"].unique())
-    strategies = _order(strategies, d["strategy"])
-    fig, axes = _figure(5.5 * len(benchmarks) + 2.2, 3.8, 1, len(benchmarks))
-    for i, (ax, bench) in enumerate(zip(axes, benchmarks)):
-        sub = d[d["benchmark"] == bench]
-        sns.lineplot(data=sub, x="samples", y="value", hue="strategy", hue_order=strategies,
-                     palette=_palette(strategies), errorbar="sd", ax=ax, legend=i == len(benchmarks) - 1)
-        _task_lines(ax, sorted(set(sub["task_end_samples"])))
-        ax.set(title=bench, xlabel="stream samples seen", ylabel="mAP on the seen tasks (%)")
+    d, bases, heads, colours, fig, panels = _head_grid(curve, strategies, 4.6, 3.8)
+    passes = {}
+    for bench, head, ax in panels:
+        sub = d[(d["benchmark"] == bench) & (d["head"] == head)]
+        stream = d.loc[d["benchmark"] == bench, "task_end_samples"].max()
+        longer = sub.groupby("base")["samples"].max().loc[lambda x: x > stream]
+        inside = sub[~sub["base"].isin(longer.index)]
+        sns.lineplot(data=inside, x="samples", y="value", hue="base",
+                     hue_order=[b for b in bases if b in set(inside["base"])], palette=colours,
+                     errorbar="sd", ax=ax, legend=False)
+        for base, last in longer.items():  # final value, mean over seeds
+            rows = sub[sub["base"] == base]
+            final = rows[rows["samples"] == rows.groupby("seed")["samples"].transform("max")]["value"].mean()
+            ax.axhline(final, color=colours[base], linestyle="--", linewidth=1.4)
+            passes[base] = last / stream
+        _task_lines(ax, sorted(set(d.loc[d["benchmark"] == bench, "task_end_samples"])))
+        ax.set_xlim(0, stream * 1.02)
+        ax.set(title=_title(bench, head, heads), xlabel="stream samples seen", ylabel="mAP on the seen tasks (%)")
         ax.grid(alpha=0.3)
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="strategy (mean ± sd)", frameon=False)
+    handles = [Line2D([], [], color=colours[b], linestyle="--" if b in passes else "-",
+                      label=f"{b} (final, {passes[b]:.0f} passes)" if b in passes else b) for b in bases]
+    _legend(panels[len(heads) - 1][2], handles, "strategy (mean ± sd)")
     _save(fig, path)
 
 

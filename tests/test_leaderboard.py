@@ -254,6 +254,16 @@ def test_plots_are_nonempty_pngs(results, tmp_path):
             draw(table.iloc[:0], path, order)
 
 
+def test_stream_and_anytime_figures_have_a_panel_per_head_and_a_colour_per_base_strategy():
+    """24 strategies in one panel need 24 colours that no palette keeps apart: the figures put each
+    head in its own panel and give prs, prs+cos and prs+ssca the colour of prs."""
+    names = ["multitask", "prs", "prs+cos", "prs+ssca [1a2b3c]", "finetune+ssca"]
+    d, bases, heads = plots._split_heads(pd.DataFrame({"strategy": names}), names)
+    assert list(d["base"]) == ["multitask", "prs", "prs", "prs [1a2b3c]", "finetune"]
+    assert list(d["head"]) == ["pooled", "pooled", "+cos", "+ssca", "+ssca"]
+    assert bases == ["multitask", "prs", "prs [1a2b3c]", "finetune"] and heads == ["pooled", "+cos", "+ssca"]
+
+
 def test_tables_the_plots_draw(results):
     df = lb.load_results(results)
     curve = lb.stream_curve(df)
