@@ -26,6 +26,7 @@ import yaml
 
 from cml_bench import mlcil, significance
 from cml_bench.metrics import ATTRIBUTE_METRICS, lower_is_better
+from cml_bench.registry import row_parts
 from cml_bench.identity import NOT_THE_EXPERIMENT, config_hash, experiment_key, flat_items
 from cml_bench.recording import ANYTIME_FILE, AUC_METRIC, MEMORY_FILE, memory_shares
 from cml_bench.scores import SCORES_FILE, load_scores
@@ -303,7 +304,7 @@ def strategy_order(names: Iterable[str]) -> list[str]:
         if name.startswith(REFERENCE_PREFIX):  # published rows in the paper's own order
             label = name[len(REFERENCE_PREFIX):]
             return (True, paper.index(label) if label in paper else len(paper), 0, label)
-        base = name.split(" [")[0].split("+")[0]  # "prs+ssca [1a2b3c]": a config of prs
+        base = row_parts(name)[0]  # "prs+ssca [1a2b3c]": a config of prs
         rank = _STRATEGY_ORDER.index(base) if base in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
         return (False, rank, base, name)
     return sorted(set(names), key=key)

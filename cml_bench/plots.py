@@ -21,6 +21,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from cml_bench.registry import row_parts
+
 
 def _order(strategies: Sequence[str] | None, present: Iterable[str]) -> list[str]:
     """The strategies of ``present`` in the display order ``strategies`` (the ones it lacks last,
@@ -62,9 +64,8 @@ def _split_heads(d: pd.DataFrame, strategies: Sequence[str] | None) -> tuple[pd.
     """``d`` with ``base`` and ``head`` columns (``"prs+ssca [1a2b3c]"`` -> ``"prs [1a2b3c]"``,
     ``"+ssca"``; no suffix: ``"pooled"``), the bases in display order and the heads present."""
     def split(name: str) -> tuple[str, str]:
-        core, _, tag = name.partition(" [")  # a second config of a strategy keeps its tag
-        base, _, head = core.partition("+")
-        return base + (f" [{tag}" if tag else ""), f"+{head}" if head else "pooled"
+        base, head, tag = row_parts(name)  # a second config of a strategy keeps its tag
+        return base + (f" [{tag}]" if tag else ""), "pooled" if head == "pooled" else f"+{head}"
 
     parts = [split(name) for name in d["strategy"]]
     d = d.assign(base=[b for b, _ in parts], head=[h for _, h in parts])

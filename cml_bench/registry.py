@@ -234,6 +234,21 @@ def _import_file(path: Path) -> BaseException | None:
     return None
 
 
+def row_parts(label: str) -> tuple[str, str, str]:
+    """A result row's base strategy, head and config tag (the leaderboard tags a strategy that ran
+    with several configs: ``"prs+ssca [1a2b3c]"``; ``""`` if none). Unlike :func:`split_head` it
+    accepts any head: a results folder may hold heads this install does not register.
+
+    >>> row_parts("prs+ssca [1a2b3c]")
+    ('prs', 'ssca', '1a2b3c')
+    >>> row_parts("finetune")
+    ('finetune', 'pooled', '')
+    """
+    core, _, tag = label.partition(" [")
+    base, _, head = core.partition("+")
+    return base, head or "pooled", tag.removesuffix("]")
+
+
 def split_head(name: str) -> tuple[str, str]:
     """``"prs+ssca"`` -> ``("prs", "ssca")``; no suffix -> ``pooled``.
 
@@ -242,8 +257,7 @@ def split_head(name: str) -> tuple[str, str]:
     >>> split_head("prs+cos")
     ('prs', 'cos')
     """
-    base, _, head = name.partition("+")
-    head = head or "pooled"
+    base, head, _ = row_parts(name)
     if head not in HEADS:
         close = difflib.get_close_matches(head, HEADS, n=1)
         hint = f" Did you mean '+{close[0]}'?" if close else ""
