@@ -395,6 +395,17 @@ def test_reference_campaign_is_complete_or_says_how_far_it_is():
         assert (reference / file).stat().st_size > 10_000
 
 
+def test_readme_reference_table_is_the_committed_leaderboard():
+    """The README's reference table is the committed leaderboard's, not an older copy of it."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- reference-table -->\n(.*?)\n<!-- /reference-table -->", readme, flags=re.S)
+    assert block is not None, "the README lost its reference-table markers"
+    board = (ROOT / "results" / "reference" / "synth-cocoseq" / "leaderboard.md").read_text()
+    table = board[board.index("| strategy |"):]
+    table = table[:table.index("\n\n")]
+    assert block.group(1).startswith(table + "\n\n")
+
+
 def test_memory_figure_draws_identical_memories_once():
     """Heads of a label-only buffer keep identical memories: one curve, all their names on it."""
     rows = [{"benchmark": "b", "strategy": s, "seed": 0, "point": "task", "task": 0, "iteration": 5,
