@@ -406,6 +406,30 @@ def test_readme_reference_table_is_the_committed_leaderboard():
     assert block.group(1).startswith(table + "\n\n")
 
 
+def test_readme_variant_table_is_the_committed_leaderboards():
+    """The README's variant table (default, busier, smaller) gives the committed leaderboards' means
+    over seeds and their seed counts, so a regenerated variant cannot leave it stale."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- variant-status -->\n(.*?)<!-- /variant-status -->", readme, flags=re.S)
+    assert block is not None, "the README lost its variant-status markers"
+    cells = [line.split(" | ") for line in block.group(1).splitlines()
+             if line.startswith(("| default", "| busier", "| smaller"))]
+    assert [c[0] for c in cells] == ["| default", "| busier (`clutter` 5, `noise` 20)",
+                                     "| smaller (`scale` 0.2, sprites 8-11 px)"]
+    heads = ("", "+cos", "+ssca")
+    done = 0
+    for cell, name in zip(cells, ("synth-cocoseq", "synth-cocoseq-busier", "synth-cocoseq-smaller")):
+        seeds = pd.read_csv(ROOT / "results" / "reference" / name / "leaderboard.csv")
+        seeds = seeds[seeds.row == "seed"]
+        mean, n = seeds.groupby("strategy")[["all_mAP", "minority_mAP"]].mean(), seeds.groupby("strategy").size()
+        three = lambda base, col="all_mAP": " / ".join(f"{mean.loc[base + h, col]:.1f}" for h in heads)
+        for i, base in enumerate(("reservoir", "prs", "multitask"), start=1):
+            assert cell[i] == f"{three(base)} ({'/'.join(str(n[base + h]) for h in heads)})", (name, base)
+            done += int(sum(n[base + h] for h in heads)) if name != "synth-cocoseq" else 0
+        assert cell[4] == f"{three('prs', 'minority_mAP')} against {three('reservoir', 'minority_mAP')} |", name
+    assert f"**Variant status: {done} of 54 runs done**" in block.group(1)
+
+
 def test_memory_figure_draws_identical_memories_once():
     """Heads of a label-only buffer keep identical memories: one curve, all their names on it."""
     rows = [{"benchmark": "b", "strategy": s, "seed": 0, "point": "task", "task": 0, "iteration": 5,
