@@ -1,7 +1,8 @@
 """Cost of the training loop itself: cml_bench (Avalanche template + plugins) vs a bare PyTorch loop.
 
 Both loops train the same model (same seed, same initial weights) on the same task's data with the
-same batch size, loss, clipping and optimiser; the difference is the machinery around the step.
+same batch size, loss, clipping, optimiser, precision (``train.precision``) and memory layout
+(``train.channels_last``); the difference is the machinery around the step.
 Repeats alternate between the two so that machine noise hits both alike; the median throughput of
 each is reported. ``python -m cml_bench bench-loop`` prints the figures.
 """
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from cml_bench.config import RunConfig
 from cml_bench.models import build_model
 from cml_bench.runner import build_benchmark, seed_everything
-from cml_bench.training import MultiLabelTemplate, make_optimizer, multilabel_loss
+from cml_bench.training import MultiLabelTemplate, autocast, make_optimizer, model_input, multilabel_loss
 
 
 @dataclass
@@ -34,14 +35,20 @@ class LoopBenchResult:
 
 def bare_loop(model: torch.nn.Module, dataset, config: RunConfig, seed: int) -> int:
     """The plain PyTorch loop the platform's loop is measured against; returns images trained on."""
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config.train)
+    device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     model.train()
     seen = 0
     for x, y, *_ in loader:
+        x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
-        loss = multilabel_loss(model.forward_modules(x), y)
+        with autocast(device, config.train.precision):
+            out = model.forward_modules(model_input(x, config.train.channels_last))
+        loss = multilabel_loss(out.float(), y)
         loss.backward()
         if config.train.grad_clip_value is not None:
             torch.nn.utils.clip_grad_value_(model.parameters(), config.train.grad_clip_value)

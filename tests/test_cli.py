@@ -123,3 +123,31 @@ def test_bench_loop_prints_both_throughputs_and_ratio(tiny_layer, capsys):
     assert main(["bench-loop", "--repeats", "1", *sets]) == 0
     out = capsys.readouterr().out
     assert "cml_bench loop:" in out and "bare PyTorch loop:" in out and "ratio cml_bench / bare:" in out
+
+
+@pytest.mark.parametrize("train", [{}, {"precision": "bf16", "channels_last": True}])
+def test_bench_loops_bare_loop_does_the_platforms_work(tiny_layer, train):
+    """The bare loop is a fair baseline only if it computes what the template computes: same data
+    order, precision and memory layout give the same weights after one task."""
+    import torch
+
+    from cml_bench.loop_bench import bare_loop
+    from cml_bench.models import build_model
+    from cml_bench.runner import build_benchmark, resolve_config, seed_everything
+    from cml_bench.training import MultiLabelTemplate
+
+    config = resolve_config(tiny_layer, {"strategy": {"name": "finetune"}, "train": train})
+    benchmark = build_benchmark(config)
+    experience = benchmark.train_stream[0]
+    trained = []
+    for loop in ("template", "bare"):
+        seed_everything(config.seed)
+        model = build_model(config.model, benchmark.meta.num_classes)
+        if loop == "template":
+            MultiLabelTemplate(model=model, cfg=config.train, device=torch.device("cpu"),
+                               seed=config.seed).train(experience)
+        else:
+            bare_loop(model, experience.dataset, config, config.seed)
+        trained.append(model.state_dict())
+    assert trained[0].keys() == trained[1].keys()
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
