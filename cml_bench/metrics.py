@@ -224,7 +224,10 @@ def _ap_rows(st: np.ndarray, yt: np.ndarray, kt: np.ndarray | None) -> np.ndarra
         if hits.size:
             above = ranked.size - np.searchsorted(ranked, hits, side="left")
             hits_above = hits.size - np.searchsorted(hits, hits, side="left")
-            ap[c] = float(np.mean(hits_above / above))
+            precision = hits_above / above
+            # np.mean's own arithmetic (pairwise sum / count, bit for bit) without its Python
+            # overhead, which the leaderboard's bootstrap pays 70 x 201 times per run
+            ap[c] = np.add.reduce(precision) / precision.size
     return ap
 
 
