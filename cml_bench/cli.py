@@ -136,8 +136,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cml_bench.leaderboard import write_leaderboard
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}.")
     print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare, against=args.against,
-                            alpha=args.alpha, bootstrap=args.bootstrap))
+                            alpha=args.alpha, bootstrap=args.bootstrap, workers=args.workers))
     where = args.out or args.results_dir
     print(f"\nWrote leaderboard.md / .csv / .tex, accuracy_matrix.csv and plot_*.png to {where}")
     return 0
@@ -403,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--bootstrap", type=int, default=200, metavar="N",
                        help="test-image resamples for the confidence intervals (runs with scores.npz; "
                             "default 200, 0 = none)")
+    board.add_argument("--workers", type=int, metavar="N",
+                       help="processes sharing the bootstrap (default: one per CPU available; the "
+                            "tables are the same for any N)")
     board.set_defaults(func=cmd_leaderboard)
 
     angles = sub.add_parser("angles", help="angle diagnostics of a finished run (paper Fig. 8)")

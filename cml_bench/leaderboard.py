@@ -564,7 +564,8 @@ def forgetting_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compare: bool = False,
-                      against: str | None = None, alpha: float = 0.05, bootstrap: int = 200) -> str:
+                      against: str | None = None, alpha: float = 0.05, bootstrap: int = 200,
+                      workers: int | None = None) -> str:
     """Load the runs under ``root`` and write the leaderboard into ``out_dir`` (default: ``root``).
 
     Writes all_metrics.csv (every row of every run, long format), forgetting.csv (see
@@ -573,7 +574,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
     accuracy_matrix.csv, plot_stream.png, plot_matrix.png and plot_groups.png. With ``compare``, the
     paper's rows (see :func:`compare_rows`) are added for COCOseq / NUS-WIDEseq benchmarks, marked
     and never ranked. Benchmarks of each metric family (:data:`FAMILY_COLUMNS`) get their own
-    tables; the plots are drawn for continual streams only. Returns the Markdown text.
+    tables; the plots are drawn for continual streams only. ``workers``: processes sharing the
+    bootstrap (:func:`cml_bench.significance.replicate_runs`; None: one per CPU). Returns the Markdown text.
     """
     from cml_bench import plots  # matplotlib only when plots are drawn
 
@@ -591,7 +593,8 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
         table = final_table(rows, *FAMILY_COLUMNS[family])
         seeds = per_seed_table(rows, *FAMILY_COLUMNS[family])
         marks, missing = significance.add_bootstrap(significance.compare_to_reference(seeds, alpha, against),
-                                                    seeds, lambda run: _scores(root, run), bootstrap)
+                                                    seeds, lambda run: _scores(root, run), bootstrap,
+                                                    workers=workers)
         all_marks.append(marks)
         notes += missing
         if compare and family in ("continual", mlcil.KIND):

@@ -20,10 +20,14 @@ so the row and the reference are paired over images too, the metrics are recompu
 resample with :func:`cml_bench.metrics.family_metrics` (exactly what the evaluator writes), and the
 difference is averaged over the paired seeds. It measures how much the gap depends on which test
 images were drawn; the seed test measures how much it depends on the training run.
-Everything here is pure: frames and arrays in, frames and arrays out.
+Everything here is pure: frames and arrays in, frames and arrays out (the bootstrap may spread its
+runs over worker processes, which changes where each run's arrays are computed, not their values).
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -146,6 +150,44 @@ def replicate_values(s: TestScores, columns: Sequence[tuple[str, str]],
     return np.asarray(out, dtype=float)
 
 
+PARALLEL_MIN_REPLICATES = 2000
+"""Runs x resamples below which the bootstrap stays in this process: a worker costs about a second
+to start (it imports numpy, pandas and scipy), a replicate about 1.5 ms."""
+
+
+def _replicate_chunk(task: tuple[list[TestScores], list[tuple[str, str]], int, int, int]) -> list[np.ndarray]:
+    runs, columns, n_images, n_boot, seed = task
+    idx = [None, *replicate_indices(n_images, n_boot, seed)]
+    return [replicate_values(s, columns, idx) for s in runs]
+
+
+def replicate_runs(runs: Sequence[TestScores], columns: Sequence[tuple[str, str]], n_boot: int,
+                   seed: int = 0, workers: int | None = None) -> list[np.ndarray]:
+    """:func:`replicate_values` of each run (all on the same test images) on the full test set and
+    the same ``n_boot`` resamples of them (:func:`replicate_indices` with ``seed``): one array
+    ``[1 + n_boot, len(columns)]`` per run, in order.
+
+    ``workers``: processes to share the runs (None: one per CPU available; 1: this process). Each
+    run's arrays are computed exactly as in this process, so the result does not depend on it.
+    """
+    if not runs:
+        return []
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(workers, len(runs)))
+    n_images, columns = len(runs[0].task), list(columns)
+    if workers == 1 or len(runs) * n_boot < PARALLEL_MIN_REPLICATES:
+        return _replicate_chunk((list(runs), columns, n_images, n_boot, seed))
+    chunks = [list(runs[i::workers]) for i in range(workers)]  # round-robin: runs differ little in cost
+    # spawn, not fork: the caller may hold threads (torch, a Ray worker), which fork would copy half-made
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(_replicate_chunk, [(c, columns, n_images, n_boot, seed) for c in chunks]))
+    out: list[np.ndarray] = [np.empty(0)] * len(runs)
+    for i, arrays in enumerate(done):
+        out[i::workers] = arrays
+    return out
+
+
 @dataclass(frozen=True)
 class BootstrapCI:
     """The difference (row - reference, mean over paired seeds) on the full test set, and its
@@ -176,13 +218,14 @@ def bootstrap_differences(row: Sequence[np.ndarray], ref: Sequence[np.ndarray], 
 
 
 def add_bootstrap(sig: pd.DataFrame, per_seed: pd.DataFrame, load, n_boot: int = 200, level: float = 0.95,
-                  seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+                  seed: int = 0, workers: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """:func:`compare_to_reference`'s frame with bootstrap columns ci_estimate, ci_low, ci_high and
     ci_seeds (paired seeds whose two runs both have scores), and notes on what was left out.
 
     ``per_seed`` is indexed by benchmark, strategy, seed, run; ``load(run)`` returns that run's
     :class:`TestScores` or None (no ``scores.npz``: runs written before it existed). A run whose
     test images differ from the benchmark's first run with scores is left out, with a note.
+    ``workers``: as in :func:`replicate_runs`.
     """
     sig = sig.assign(ci_estimate=np.nan, ci_low=np.nan, ci_high=np.nan, ci_seeds=0)
     notes: list[str] = []
@@ -204,8 +247,8 @@ def add_bootstrap(sig: pd.DataFrame, per_seed: pd.DataFrame, load, n_boot: int =
         if other:
             notes.append(f"{bench}: {len(other)} run(s) left out of the bootstrap: their test images differ "
                          f"from the other runs' ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}).")
-        idx = [None, *replicate_indices(len(first.task), n_boot, seed)]
-        values = {r: replicate_values(s, columns, idx) for r, s in have.items() if r not in other}
+        kept = [r for r in have if r not in other]
+        values = dict(zip(kept, replicate_runs([have[r] for r in kept], columns, n_boot, seed, workers)))
         run_of = {(row.strategy, row.seed): row.run for row in runs.itertuples() if row.run in values}
         cis: dict[tuple[str, str], tuple[list[BootstrapCI], int]] = {}  # (row, reference) -> CIs, seeds
         for i in sig.index[(sig["benchmark"] == bench) & sig["against"].notna()]:

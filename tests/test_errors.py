@@ -131,6 +131,7 @@ CASES = {  # id: (argv, what the one line must name); each one failed differentl
     "angles: model.pt not torch": (["angles", "{text_model}"], "model.pt' is not a readable model file"),
     "angles: model.pt of another model": (["angles", "{other_model}"], "does not fit the model"),
     "leaderboard on a file": (["leaderboard", "{a_file}"], "is not a folder"),
+    "leaderboard with no workers": (["leaderboard", "{out}", "--workers", "0"], "--workers must be >= 1, got 0"),
     "profile unknown backbone": (["profile", "--image-size", "64", "--set", "model.backbone=resnet1010"],
                                  "model.backbone"),
     "profile --num-labels 0": (["profile", "--image-size", "64", "--num-labels", "0"], "--num-labels"),

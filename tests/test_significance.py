@@ -139,3 +139,18 @@ def test_leaderboard_with_scores_shows_intervals(tmp_path):
     assert "bootstrap over test images not available for 1 of 7 run(s)" in md
     finetune = next(line for line in md.splitlines() if line.startswith("| finetune | -"))
     assert finetune.endswith("| not available |")
+
+
+def test_bootstrap_in_worker_processes_equals_this_process_bit_for_bit():
+    """The leaderboard spreads the bootstrap over processes: only where each run is computed may
+    change, never its arrays (or their order)."""
+    rng = np.random.default_rng(3)
+    runs = [_scores(rng, boost=0.05 * i) for i in range(5)]
+    n_boot = sg.PARALLEL_MIN_REPLICATES // len(runs)  # just enough to take the worker path
+    here = sg.replicate_runs(runs, COLUMNS, n_boot, seed=2, workers=1)
+    spread = sg.replicate_runs(runs, COLUMNS, n_boot, seed=2, workers=2)
+    idx = [None, *sg.replicate_indices(len(runs[0].task), n_boot, seed=2)]
+    assert len(spread) == len(runs)
+    for i, s in enumerate(runs):
+        assert np.array_equal(spread[i], here[i], equal_nan=True)
+        assert np.array_equal(here[i], sg.replicate_values(s, COLUMNS, idx), equal_nan=True)
