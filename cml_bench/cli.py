@@ -136,10 +136,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cml_bench.leaderboard import write_leaderboard
 
+    from cml_bench.significance import available_cpus
+
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}.")
+    workers = available_cpus() if args.workers is None else args.workers
     print(write_leaderboard(args.results_dir, out_dir=args.out, compare=args.compare, against=args.against,
-                            alpha=args.alpha, bootstrap=args.bootstrap, workers=args.workers))
+                            alpha=args.alpha, bootstrap=args.bootstrap, workers=workers))
     where = args.out or args.results_dir
     print(f"\nWrote leaderboard.md / .csv / .tex, accuracy_matrix.csv and plot_*.png to {where}")
     return 0

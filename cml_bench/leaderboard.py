@@ -565,7 +565,7 @@ def forgetting_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compare: bool = False,
                       against: str | None = None, alpha: float = 0.05, bootstrap: int = 200,
-                      workers: int | None = None) -> str:
+                      workers: int = 1) -> str:
     """Load the runs under ``root`` and write the leaderboard into ``out_dir`` (default: ``root``).
 
     Writes all_metrics.csv (every row of every run, long format), forgetting.csv (see
@@ -575,7 +575,7 @@ def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, compa
     paper's rows (see :func:`compare_rows`) are added for COCOseq / NUS-WIDEseq benchmarks, marked
     and never ranked. Benchmarks of each metric family (:data:`FAMILY_COLUMNS`) get their own
     tables; the plots are drawn for continual streams only. ``workers``: processes sharing the
-    bootstrap (:func:`cml_bench.significance.replicate_runs`; None: one per CPU). Returns the Markdown text.
+    bootstrap (:func:`cml_bench.significance.replicate_runs`; 1: this process). Returns the Markdown text.
     """
     from cml_bench import plots  # matplotlib only when plots are drawn
 

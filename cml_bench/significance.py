@@ -161,19 +161,24 @@ def _replicate_chunk(task: tuple[list[TestScores], list[tuple[str, str]], int, i
     return [replicate_values(s, columns, idx) for s in runs]
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def replicate_runs(runs: Sequence[TestScores], columns: Sequence[tuple[str, str]], n_boot: int,
-                   seed: int = 0, workers: int | None = None) -> list[np.ndarray]:
+                   seed: int = 0, workers: int = 1) -> list[np.ndarray]:
     """:func:`replicate_values` of each run (all on the same test images) on the full test set and
     the same ``n_boot`` resamples of them (:func:`replicate_indices` with ``seed``): one array
     ``[1 + n_boot, len(columns)]`` per run, in order.
 
-    ``workers``: processes to share the runs (None: one per CPU available; 1: this process). Each
-    run's arrays are computed exactly as in this process, so the result does not depend on it.
+    ``workers``: processes to share the runs (1: all in this process). Each run's arrays are
+    computed exactly as in this process, so the result does not depend on it. Workers are spawned,
+    so with ``workers > 1`` a calling script needs the usual ``if __name__ == "__main__":`` guard
+    (the ``leaderboard`` command has it; that is why only the command defaults to one per CPU).
     """
     if not runs:
         return []
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers, len(runs)))
     n_images, columns = len(runs[0].task), list(columns)
     if workers == 1 or len(runs) * n_boot < PARALLEL_MIN_REPLICATES:
@@ -218,7 +223,7 @@ def bootstrap_differences(row: Sequence[np.ndarray], ref: Sequence[np.ndarray], 
 
 
 def add_bootstrap(sig: pd.DataFrame, per_seed: pd.DataFrame, load, n_boot: int = 200, level: float = 0.95,
-                  seed: int = 0, workers: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+                  seed: int = 0, workers: int = 1) -> tuple[pd.DataFrame, list[str]]:
     """:func:`compare_to_reference`'s frame with bootstrap columns ci_estimate, ci_low, ci_high and
     ci_seeds (paired seeds whose two runs both have scores), and notes on what was left out.
 
