@@ -135,7 +135,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cml_bench.leaderboard import write_leaderboard
-
     from cml_bench.significance import available_cpus
 
     if args.workers is not None and args.workers < 1:

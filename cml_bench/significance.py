@@ -152,7 +152,7 @@ def replicate_values(s: TestScores, columns: Sequence[tuple[str, str]],
 
 PARALLEL_MIN_REPLICATES = 2000
 """Runs x resamples below which the bootstrap stays in this process: a worker costs about a second
-to start (it imports numpy, pandas and scipy), a replicate about 1.5 ms."""
+to start (it imports numpy, pandas and scipy), a replicate about 1.3 ms (1,400 x 70, 12 columns)."""
 
 
 def _replicate_chunk(task: tuple[list[TestScores], list[tuple[str, str]], int, int, int]) -> list[np.ndarray]:

@@ -147,6 +147,7 @@ def test_bootstrap_in_worker_processes_equals_this_process_bit_for_bit():
     rng = np.random.default_rng(3)
     runs = [_scores(rng, boost=0.05 * i) for i in range(5)]
     n_boot = sg.PARALLEL_MIN_REPLICATES // len(runs)  # just enough to take the worker path
+    assert len(runs) * n_boot >= sg.PARALLEL_MIN_REPLICATES
     here = sg.replicate_runs(runs, COLUMNS, n_boot, seed=2, workers=1)
     spread = sg.replicate_runs(runs, COLUMNS, n_boot, seed=2, workers=2)
     idx = [None, *sg.replicate_indices(len(runs[0].task), n_boot, seed=2)]
